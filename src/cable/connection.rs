@@ -1,0 +1,304 @@
+//! One WebSocket's life: authenticate, welcome, commands in order, broadcasts and pings out.
+//!
+//! Owns a session: its subscriptions, its outbox, its writer task and its ending. The reader
+//! (this task) handles commands strictly in arrival order; the writer (spawned) drains the
+//! outbox and sends pings from the shared ticker, so a command waiting on the database never
+//! delays a ping and a slow socket never delays the hub.
+//! Calls auth, channels, presence and the hub.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use warp::ws::{Message, WebSocket};
+
+use super::auth::{self, User};
+use super::channels::{parse_identifier, Channel, Rejection};
+use super::frame::{self, Command, DisconnectReason};
+use super::outbox::{Ending, Frame, Outbox};
+use crate::hub::Session;
+use crate::state::State;
+
+type Sink = SplitSink<WebSocket, Message>;
+type Source = SplitStream<WebSocket>;
+
+/// How long a closing connection waits for the client's side of the close handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// One subscription held by a session.
+#[derive(Debug)]
+struct Subscription {
+    channel: Channel,
+    streams: Vec<String>,
+    prefix: Arc<str>,
+}
+
+/// Runs a connection to its end. `token` is the raw `token` query parameter, if any.
+pub async fn run(ws: WebSocket, state: Arc<State>, token: Option<String>) {
+    let (mut sink, mut source) = ws.split();
+    let user = match auth::authenticate(&state.pool, &state.auth, token.as_deref()).await {
+        Ok(user) => user,
+        Err(e) => {
+            tracing::info!(reason = %e, "connection refused: unauthorized");
+            state.metrics.rejected_auth(e.label());
+            let _ = sink
+                .send(Message::text(frame::disconnect(
+                    DisconnectReason::Unauthorized,
+                    false,
+                )))
+                .await;
+            let _ = sink.send(Message::close_with(1000u16, "")).await;
+            drain(&mut source).await;
+            return;
+        }
+    };
+
+    let outbox = Arc::new(Outbox::new(state.config.outbox_bytes));
+    let session = state.hub.open_session(user.id, outbox.clone());
+    tracing::info!(session = session.id, user = %user.id, "connection opened");
+    state.metrics.connection_opened();
+    outbox.push(Frame::Text(frame::WELCOME.to_string()));
+    let writer = tokio::spawn(write_loop(sink, outbox.clone(), state.pings.subscribe()));
+
+    let mut conn = Connection {
+        state: state.clone(),
+        user,
+        session: session.clone(),
+        subscriptions: HashMap::new(),
+    };
+    let reason = conn.read_loop(&mut source).await;
+    conn.unsubscribe_all();
+    state.hub.close_session(session.id);
+    state.metrics.connection_closed();
+    tracing::info!(session = session.id, user = %conn.user.id, %reason, "connection closed");
+
+    // Let the writer finish its close frame, then read what the client still sends so the
+    // socket is not reset under unread data (the client would see 1006 instead of our code).
+    let mut writer = writer;
+    tokio::select! {
+        _ = &mut writer => {}
+        _ = tokio::time::sleep(CLOSE_GRACE) => writer.abort(),
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, drain(&mut source)).await;
+}
+
+async fn drain(source: &mut Source) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = source.next().await {}
+    })
+    .await;
+}
+
+struct Connection {
+    state: Arc<State>,
+    user: User,
+    session: Arc<Session>,
+    subscriptions: HashMap<String, Subscription>,
+}
+
+impl Connection {
+    /// Reads and handles frames until the connection ends; returns why it ended.
+    async fn read_loop(&mut self, source: &mut Source) -> String {
+        let outbox = self.session.outbox.clone();
+        let expiry = self.user.expires_at.map(|exp| {
+            let now = unix_now() as i64;
+            Duration::from_secs(exp.saturating_sub(now).max(0) as u64)
+        });
+        let expired = async {
+            match expiry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut expired => {
+                    outbox.end(Ending::Disconnect(DisconnectReason::Unauthorized, false));
+                    return "token expired".into();
+                }
+                _ = outbox.ended() => {
+                    if outbox.overflowed_now() {
+                        self.state.metrics.slow_client_dropped();
+                        return "client too slow (outbox full)".into();
+                    }
+                    return "ended by server".into();
+                }
+                msg = source.next() => match msg {
+                    None => return "client went away".into(),
+                    Some(Err(e)) => {
+                        let text = e.to_string();
+                        if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") || text.contains("Frame too big") || text.contains("apacity") {
+                            outbox.end(Ending::Close(1009, String::new()));
+                            return format!("frame over the limit ({text})");
+                        }
+                        return format!("socket error: {text}");
+                    }
+                    Some(Ok(msg)) => {
+                        if msg.is_close() {
+                            // The WebSocket layer echoes the client's close frame itself.
+                            return "client closed".into();
+                        }
+                        if let Ok(text) = msg.to_str() {
+                            self.state.metrics.message_in();
+                            self.handle(text).await;
+                        } else if msg.is_binary() {
+                            tracing::debug!(session = self.session.id, "binary frame ignored");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, text: &str) {
+        match frame::parse_command(text) {
+            Ok(Command::Subscribe(identifier)) => self.subscribe(identifier).await,
+            Ok(Command::Unsubscribe(identifier)) => self.unsubscribe(&identifier),
+            Ok(Command::Message(identifier)) => {
+                tracing::debug!(session = self.session.id, %identifier, "message command ignored: no client actions");
+            }
+            Err(e) => {
+                tracing::debug!(session = self.session.id, error = %e, "client frame ignored");
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, identifier: String) {
+        let outbox = &self.session.outbox;
+        if self.subscriptions.contains_key(&identifier) {
+            outbox.push(Frame::Text(frame::confirm(&identifier)));
+            return;
+        }
+        match self.authorize(&identifier).await {
+            Ok(channel) => {
+                let streams = channel.streams(&self.user, &self.state.config.app_name);
+                let prefix: Arc<str> = Arc::from(frame::broadcast_prefix(&identifier));
+                for stream in &streams {
+                    self.state
+                        .hub
+                        .subscribe(stream, &self.session, prefix.clone());
+                }
+                outbox.push(Frame::Text(frame::confirm(&identifier)));
+                if let Channel::Fight { fight_id } = channel {
+                    self.state.presence.join(fight_id, self.user.id);
+                }
+                self.subscriptions.insert(
+                    identifier,
+                    Subscription {
+                        channel,
+                        streams,
+                        prefix,
+                    },
+                );
+            }
+            Err(rejection) => {
+                tracing::info!(session = self.session.id, user = %self.user.id, reason = rejection.label(), %identifier, "subscription rejected");
+                self.state.metrics.rejected_subscription(rejection.label());
+                outbox.push(Frame::Text(frame::reject(&identifier)));
+            }
+        }
+    }
+
+    async fn authorize(&self, identifier: &str) -> Result<Channel, Rejection> {
+        let channel = parse_identifier(identifier)?;
+        if self.subscriptions.len() >= self.state.config.max_subscriptions {
+            return Err(Rejection::TooMany);
+        }
+        if self.state.access.allows(&self.user, &channel).await? {
+            Ok(channel)
+        } else {
+            Err(Rejection::Forbidden)
+        }
+    }
+
+    fn unsubscribe(&mut self, identifier: &str) {
+        if let Some(sub) = self.subscriptions.remove(identifier) {
+            self.detach(sub);
+        }
+    }
+
+    fn unsubscribe_all(&mut self) {
+        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+            self.detach(sub);
+        }
+    }
+
+    fn detach(&self, sub: Subscription) {
+        for stream in &sub.streams {
+            self.state
+                .hub
+                .unsubscribe(stream, self.session.id, &sub.prefix);
+        }
+        if let Channel::Fight { fight_id } = sub.channel {
+            self.state.presence.leave(fight_id, self.user.id);
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Writes the outbox and the pings until the connection ends.
+async fn write_loop(mut sink: Sink, outbox: Arc<Outbox>, mut pings: watch::Receiver<u64>) {
+    // A client that stops reading leaves a write pending forever; overflow cuts it short.
+    let result = tokio::select! {
+        r = pump(&mut sink, &outbox, &mut pings) => r,
+        _ = outbox.overflowed() => Err(()),
+    };
+    if result.is_ok() {
+        let _ = sink.close().await;
+    }
+}
+
+async fn pump(
+    sink: &mut Sink,
+    outbox: &Outbox,
+    pings: &mut watch::Receiver<u64>,
+) -> Result<(), ()> {
+    loop {
+        tokio::select! {
+            biased;
+            changed = pings.changed() => {
+                if changed.is_err() {
+                    // The ticker is gone: the relay is stopping.
+                    std::future::pending::<()>().await;
+                }
+                let now = *pings.borrow_and_update();
+                sink.send(Message::text(frame::ping(now))).await.map_err(|_| ())?;
+            }
+            _ = outbox.ready() => {
+                let batch = outbox.take();
+                let n = batch.frames.len();
+                for f in batch.frames {
+                    sink.feed(Message::text(f.into_text())).await.map_err(|_| ())?;
+                }
+                if n > 0 {
+                    sink.flush().await.map_err(|_| ())?;
+                }
+                match batch.ending {
+                    None => {}
+                    Some(Ending::Overflow) => return Err(()),
+                    Some(Ending::Disconnect(reason, reconnect)) => {
+                        sink.send(Message::text(frame::disconnect(reason, reconnect))).await.map_err(|_| ())?;
+                        sink.send(Message::close_with(1000u16, "")).await.map_err(|_| ())?;
+                        return Ok(());
+                    }
+                    Some(Ending::Close(code, reason)) => {
+                        sink.send(Message::close_with(code, reason)).await.map_err(|_| ())?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! One connection's bounded queue of frames waiting to be written.
+//!
+//! Owns back-pressure: the hub pushes without ever waiting; when a client stops reading and the
+//! queue passes its byte limit, the connection is marked overflowed and its writer drops it.
+//! Calls nothing.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::frame::DisconnectReason;
+
+/// A frame waiting to be written.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A frame of its own (welcome, confirm, reject, presence of one subscription).
+    Text(String),
+    /// A broadcast: the subscription's prefix, the message shared by every subscriber, then `}`.
+    Broadcast {
+        /// `{"identifier":…,"message":`
+        prefix: Arc<str>,
+        /// The message, encoded once for every subscriber.
+        message: Arc<str>,
+    },
+}
+
+impl Frame {
+    /// Bytes this frame occupies on the wire (its payload).
+    pub fn len(&self) -> usize {
+        match self {
+            Frame::Text(s) => s.len(),
+            Frame::Broadcast { prefix, message } => prefix.len() + message.len() + 1,
+        }
+    }
+
+    /// Whether the frame is empty (never, in practice).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's text, ready to write.
+    pub fn into_text(self) -> String {
+        match self {
+            Frame::Text(s) => s,
+            Frame::Broadcast { prefix, message } => {
+                let mut s = String::with_capacity(prefix.len() + message.len() + 1);
+                s.push_str(&prefix);
+                s.push_str(&message);
+                s.push('}');
+                s
+            }
+        }
+    }
+}
+
+/// How the connection is to end, once the queued frames are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Send `{"type":"disconnect",…}`, then close 1000.
+    Disconnect(DisconnectReason, bool),
+    /// Send a close frame with this code and reason (an oversized frame: 1009).
+    Close(u16, String),
+    /// The client stopped reading and the queue overflowed: drop it now, send nothing more.
+    Overflow,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    ending: Option<Ending>,
+}
+
+/// The queue. Shared by the hub (producers) and the connection's writer (the one consumer).
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    limit: usize,
+    work: Notify,
+    ended: Notify,
+}
+
+/// What the writer takes in one go.
+#[derive(Debug)]
+pub struct Batch {
+    /// Frames to write, in order.
+    pub frames: Vec<Frame>,
+    /// Set when the connection is to end after these frames.
+    pub ending: Option<Ending>,
+}
+
+impl Outbox {
+    /// An empty queue that holds at most `limit` bytes.
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            limit,
+            work: Notify::new(),
+            ended: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked mid-push; the queue is still sound.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame. Returns false if the connection is ending (or has just overflowed).
+    pub fn push(&self, frame: Frame) -> bool {
+        let mut st = self.lock();
+        if st.ending.is_some() {
+            return false;
+        }
+        // One frame larger than the limit still goes through an empty queue, or a big message
+        // could never be delivered; the bound is the limit plus one frame.
+        if st.bytes > 0 && st.bytes + frame.len() > self.limit {
+            st.frames.clear();
+            st.bytes = 0;
+            st.ending = Some(Ending::Overflow);
+            drop(st);
+            self.ended.notify_waiters();
+            self.work.notify_one();
+            return false;
+        }
+        st.bytes += frame.len();
+        st.frames.push_back(frame);
+        drop(st);
+        self.work.notify_one();
+        true
+    }
+
+    /// Asks the connection to end after what is already queued. The first ending wins.
+    pub fn end(&self, ending: Ending) {
+        let mut st = self.lock();
+        if st.ending.is_none() {
+            st.ending = Some(ending);
+        }
+        drop(st);
+        self.ended.notify_waiters();
+        self.work.notify_one();
+    }
+
+    /// Whether an ending has been requested.
+    pub fn is_ending(&self) -> bool {
+        self.lock().ending.is_some()
+    }
+
+    /// Whether the queue has overflowed.
+    pub fn overflowed_now(&self) -> bool {
+        matches!(self.lock().ending, Some(Ending::Overflow))
+    }
+
+    /// Takes everything queued.
+    pub fn take(&self) -> Batch {
+        let mut st = self.lock();
+        st.bytes = 0;
+        Batch {
+            frames: st.frames.drain(..).collect(),
+            ending: st.ending.clone(),
+        }
+    }
+
+    /// Resolves when there may be something to take.
+    pub async fn ready(&self) {
+        self.work.notified().await
+    }
+
+    /// Resolves when the queue overflowed: the writer stops whatever write it is stuck in.
+    pub async fn overflowed(&self) {
+        self.wait_for(|e| matches!(e, Some(Ending::Overflow))).await
+    }
+
+    /// Resolves when any ending has been requested.
+    pub async fn ended(&self) {
+        self.wait_for(|e| e.is_some()).await
+    }
+
+    async fn wait_for(&self, cond: impl Fn(&Option<Ending>) -> bool) {
+        loop {
+            let notified = self.ended.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a wake-up between the check and the await is kept.
+            notified.as_mut().enable();
+            if cond(&self.lock().ending) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_drops_the_queue_and_refuses_more() {
+        let outbox = Outbox::new(10);
+        assert!(outbox.push(Frame::Text("12345".into())));
+        assert!(outbox.push(Frame::Text("12345".into())));
+        assert!(!outbox.push(Frame::Text("1".into())));
+        assert!(!outbox.push(Frame::Text("1".into())));
+        let batch = outbox.take();
+        assert!(batch.frames.is_empty());
+        assert_eq!(batch.ending, Some(Ending::Overflow));
+    }
+
+    #[test]
+    fn first_ending_wins_and_frames_before_it_are_kept() {
+        let outbox = Outbox::new(100);
+        assert!(outbox.push(Frame::Text("a".into())));
+        outbox.end(Ending::Disconnect(DisconnectReason::ServerRestart, true));
+        outbox.end(Ending::Close(1009, String::new()));
+        assert!(!outbox.push(Frame::Text("b".into())));
+        let batch = outbox.take();
+        assert_eq!(batch.frames.len(), 1);
+        assert_eq!(
+            batch.ending,
+            Some(Ending::Disconnect(DisconnectReason::ServerRestart, true))
+        );
+    }
+
+    #[test]
+    fn broadcast_frame_text() {
+        let f = Frame::Broadcast {
+            prefix: Arc::from(r#"{"identifier":"x","message":"#),
+            message: Arc::from(r#"{"a":1}"#),
+        };
+        assert_eq!(f.len(), f.clone().into_text().len());
+        assert_eq!(f.into_text(), r#"{"identifier":"x","message":{"a":1}}"#);
+    }
+}

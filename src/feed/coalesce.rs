@@ -1,0 +1,278 @@
+//! Row changes → re-reads → messages, with bursts folded together (payloads.md §2).
+//!
+//! Owns the per-row work queue: at most one re-read of a row in flight and one pending, so a
+//! burst of changes to one row costs a couple of re-reads, and the last message for a row always
+//! reflects a committed state at least as new as its last notification. Rows that arrive
+//! together are re-read together. Calls the render station, the query pool and the hub.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{Notify, Semaphore};
+use uuid::Uuid;
+
+use super::event::{Action, RowChange, Table};
+use super::{reload_message, send_encoded};
+use crate::render;
+use crate::state::State;
+
+/// Most rows re-read in one batch.
+const BATCH: usize = 500;
+
+type Key = (Table, Uuid);
+
+/// What is owed to subscribers for one row.
+#[derive(Debug, Default, Clone)]
+struct Work {
+    /// Re-read and send the payload.
+    render: bool,
+    /// The row's campaign as last notified (gets the reload if the row is gone).
+    campaign: Option<Uuid>,
+    /// Campaigns the row left (moves, deletes): they get a reload.
+    left: BTreeSet<Uuid>,
+    /// A fight changed more than `updated_at`: `{"fight":"updated"}` to `fight_<id>`.
+    fight_updated: bool,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: HashMap<Key, Work>,
+    order: VecDeque<Key>,
+    in_flight: HashSet<Key>,
+}
+
+/// The coalescing queue and its worker.
+#[derive(Debug)]
+pub struct Coalescer {
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+impl Coalescer {
+    /// A queue whose worker, spawned here, re-reads through at most `parallel` pool connections.
+    pub fn start(state: Arc<State>, parallel: usize) -> Arc<Coalescer> {
+        let this = Arc::new(Coalescer {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+        });
+        tokio::spawn(worker(
+            this.clone(),
+            state,
+            Arc::new(Semaphore::new(parallel.max(1))),
+        ));
+        this
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the changes of one statement.
+    pub fn push(&self, changes: Vec<RowChange>) -> (usize, usize) {
+        let mut queue = self.lock();
+        let (mut added, mut folded) = (0, 0);
+        for change in changes {
+            if change.new_campaign.is_none() && change.old_campaign.is_none() {
+                tracing::debug!(table = change.table.plural(), id = %change.id, "change to a row without a campaign: nothing to send");
+                continue;
+            }
+            let key = (change.table, change.id);
+            let is_new = !queue.pending.contains_key(&key);
+            let work = queue.pending.entry(key).or_default();
+            fold(work, &change);
+            if is_new {
+                queue.order.push_back(key);
+                added += 1;
+            } else {
+                folded += 1;
+            }
+        }
+        drop(queue);
+        self.wake.notify_one();
+        (added, folded)
+    }
+
+    /// Takes the next batch: rows of one table that have no re-read in flight.
+    fn next_batch(&self) -> Option<(Table, Vec<(Uuid, Work)>)> {
+        let mut queue = self.lock();
+        let Queue {
+            pending,
+            order,
+            in_flight,
+        } = &mut *queue;
+        let table = order.iter().find(|k| !in_flight.contains(k))?.0;
+        let mut batch = Vec::new();
+        order.retain(|key| {
+            if batch.len() >= BATCH || key.0 != table || in_flight.contains(key) {
+                return true;
+            }
+            if let Some(work) = pending.remove(key) {
+                batch.push((key.1, work));
+                in_flight.insert(*key);
+            }
+            false
+        });
+        Some((table, batch))
+    }
+
+    fn done(&self, table: Table, ids: &[Uuid]) {
+        let mut queue = self.lock();
+        for id in ids {
+            queue.in_flight.remove(&(table, *id));
+        }
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Rows waiting or being re-read (for tests and metrics).
+    pub fn backlog(&self) -> usize {
+        let q = self.lock();
+        q.pending.len() + q.in_flight.len()
+    }
+}
+
+fn fold(work: &mut Work, change: &RowChange) {
+    match change.action {
+        Action::Insert | Action::Update | Action::Touch => {
+            if let Some(old) = change.old_campaign {
+                if Some(old) != change.new_campaign {
+                    work.left.insert(old);
+                }
+            }
+            work.render |= change.new_campaign.is_some();
+            if let (Some(prev), true) = (work.campaign, work.campaign != change.new_campaign) {
+                work.left.insert(prev);
+            }
+            work.campaign = change.new_campaign;
+        }
+        Action::Delete => {
+            if let Some(old) = change.old_campaign {
+                work.left.insert(old);
+            }
+            if let Some(prev) = work.campaign.take() {
+                work.left.insert(prev);
+            }
+            work.render = false;
+        }
+    }
+    work.fight_updated |= change.table == Table::Fights && change.action == Action::Update;
+}
+
+async fn worker(rows: Arc<Coalescer>, state: Arc<State>, permits: Arc<Semaphore>) {
+    loop {
+        rows.wake.notified().await;
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let Some((table, batch)) = rows.next_batch() else {
+                break;
+            };
+            let rows = rows.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
+                process(&state, table, batch).await;
+                rows.done(table, &ids);
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Re-reads a batch and sends, per campaign, each payload and then one reload.
+async fn process(state: &State, table: Table, batch: Vec<(Uuid, Work)>) {
+    let started = Instant::now();
+    let wanted: Vec<Uuid> = batch
+        .iter()
+        .filter(|(_, w)| w.render)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut rendered: HashMap<Uuid, (Option<Uuid>, Option<String>)> = HashMap::new();
+    if !wanted.is_empty() {
+        match reread(state, table, &wanted).await {
+            Ok(found) => rendered = found,
+            Err(e) => {
+                // Without the rows we can't build payloads; a reload makes clients refetch, so
+                // nothing committed is lost to them.
+                tracing::warn!(table = table.plural(), rows = wanted.len(), error = %e, "re-read failed; sending reloads only");
+            }
+        }
+        state.metrics.reread(started.elapsed());
+    }
+
+    // Campaign → payloads, in batch order; then every campaign that is owed a reload.
+    let mut payloads: Vec<(Uuid, Arc<str>)> = Vec::new();
+    let mut reloads: Vec<Uuid> = Vec::new();
+    let singular = table.singular();
+    for (id, work) in &batch {
+        if work.fight_updated {
+            send_encoded(
+                state,
+                &format!("fight_{id}"),
+                Arc::from(r#"{"fight":"updated"}"#),
+            );
+        }
+        let mut owed: Vec<Uuid> = work.left.iter().copied().collect();
+        match rendered.remove(id) {
+            Some((Some(campaign), Some(payload))) => {
+                let mut message = String::with_capacity(payload.len() + singular.len() + 5);
+                message.push_str("{\"");
+                message.push_str(singular);
+                message.push_str("\":");
+                message.push_str(&payload);
+                message.push('}');
+                payloads.push((campaign, Arc::from(message)));
+                owed.retain(|c| *c != campaign);
+                owed.push(campaign);
+            }
+            // Exists but could not be rendered: logged by the renderer; the reload still goes.
+            Some((Some(campaign), None)) => owed.push(campaign),
+            // Moved out of every campaign.
+            Some((None, _)) => {}
+            // Gone before we could read it (or the read failed).
+            None => owed.extend(work.campaign),
+        }
+        for c in owed {
+            if !reloads.contains(&c) {
+                reloads.push(c);
+            }
+        }
+    }
+    for (campaign, message) in payloads {
+        send_encoded(state, &format!("campaign_{campaign}"), message);
+    }
+    let reload = reload_message(table);
+    for campaign in reloads {
+        send_encoded(state, &format!("campaign_{campaign}"), reload.clone());
+    }
+}
+
+/// Row id → (its campaign now, its payload if it rendered).
+async fn reread(
+    state: &State,
+    table: Table,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, (Option<Uuid>, Option<String>)>, String> {
+    let client = state.pool.get().await.map_err(|e| e.to_string())?;
+    let (ok, failed) = render::load(&client, render_table(table), ids, &state.render)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = HashMap::with_capacity(ids.len());
+    for r in ok {
+        out.insert(r.id, (r.campaign_id, Some(r.payload)));
+    }
+    for (id, campaign) in failed {
+        out.insert(id, (campaign, None));
+    }
+    Ok(out)
+}
+
+fn render_table(table: Table) -> render::Table {
+    match table {
+        Table::Characters => render::Table::Characters,
+        Table::Vehicles => render::Table::Vehicles,
+        Table::Fights => render::Table::Fights,
+    }
+}

@@ -1,0 +1,237 @@
+//! What a notification on channel `pgcable` means (the contract with `triggers/install.sql`).
+//!
+//! Owns the NOTIFY payload format; pure parsing, no I/O.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// The LISTEN channel.
+pub const CHANNEL: &str = "pgcable";
+
+/// A legacy table the triggers watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// `characters`
+    Characters,
+    /// `vehicles`
+    Vehicles,
+    /// `fights`
+    Fights,
+}
+
+impl Table {
+    /// The table name (also the plural payload key).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Table::Characters => "characters",
+            Table::Vehicles => "vehicles",
+            Table::Fights => "fights",
+        }
+    }
+
+    /// The singular payload key.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Table::Characters => "character",
+            Table::Vehicles => "vehicle",
+            Table::Fights => "fight",
+        }
+    }
+
+    /// All of them.
+    pub const ALL: [Table; 3] = [Table::Characters, Table::Vehicles, Table::Fights];
+
+    fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|t| t.plural() == name)
+    }
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// INSERT.
+    Insert,
+    /// UPDATE that changed more than `updated_at`.
+    Update,
+    /// UPDATE that changed only `updated_at`.
+    Touch,
+    /// DELETE.
+    Delete,
+}
+
+/// One changed row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    /// Which table.
+    pub table: Table,
+    /// What happened.
+    pub action: Action,
+    /// The row's id.
+    pub id: Uuid,
+    /// The row's campaign after the change (none for a delete).
+    pub new_campaign: Option<Uuid>,
+    /// The row's campaign before the change (none for an insert).
+    pub old_campaign: Option<Uuid>,
+}
+
+/// A notification, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `pgcable.broadcast` with the message inline.
+    Broadcast {
+        /// Stream name.
+        stream: String,
+        /// The message as JSON text (Postgres jsonb output).
+        message: String,
+    },
+    /// `pgcable.broadcast` whose message waits in `pgcable.messages`.
+    Stored {
+        /// Its row id.
+        id: i64,
+    },
+    /// `pgcable.disconnect`.
+    Disconnect {
+        /// Whose connections.
+        user: Uuid,
+        /// Whether the client may reconnect.
+        reconnect: bool,
+    },
+    /// Row changes from one statement.
+    Rows(Vec<RowChange>),
+}
+
+#[derive(Deserialize)]
+struct Raw<'a> {
+    k: &'a str,
+    s: Option<String>,
+    #[serde(borrow)]
+    m: Option<&'a RawValue>,
+    id: Option<i64>,
+    u: Option<Uuid>,
+    r: Option<bool>,
+    t: Option<&'a str>,
+    c: Option<Vec<Vec<Option<String>>>>,
+}
+
+/// Decodes a notification payload. The error says what was wrong, for the log.
+pub fn parse(payload: &str) -> Result<Event, String> {
+    let raw: Raw =
+        serde_json::from_str(payload).map_err(|e| format!("not a pgcable payload: {e}"))?;
+    match raw.k {
+        "b" => Ok(Event::Broadcast {
+            stream: raw.s.ok_or("broadcast without stream")?,
+            message: raw.m.ok_or("broadcast without message")?.get().to_string(),
+        }),
+        "t" => Ok(Event::Stored {
+            id: raw.id.ok_or("stored broadcast without id")?,
+        }),
+        "d" => Ok(Event::Disconnect {
+            user: raw.u.ok_or("disconnect without user")?,
+            reconnect: raw.r.unwrap_or(true),
+        }),
+        "r" => {
+            let table = raw
+                .t
+                .and_then(Table::from_name)
+                .ok_or("row change for an unknown table")?;
+            let entries = raw.c.ok_or("row change without entries")?;
+            entries
+                .into_iter()
+                .map(|e| row_change(table, e))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Event::Rows)
+        }
+        other => Err(format!("unknown payload kind {other:?}")),
+    }
+}
+
+fn row_change(table: Table, entry: Vec<Option<String>>) -> Result<RowChange, String> {
+    let field = |i: usize| -> Result<Option<Uuid>, String> {
+        match entry.get(i) {
+            None | Some(None) => Ok(None),
+            Some(Some(s)) => Uuid::try_parse(s)
+                .map(Some)
+                .map_err(|_| format!("bad uuid {s:?}")),
+        }
+    };
+    let action = match entry.first().and_then(|a| a.as_deref()) {
+        Some("i") => Action::Insert,
+        Some("u") => Action::Update,
+        Some("t") => Action::Touch,
+        Some("d") => Action::Delete,
+        other => return Err(format!("bad action {other:?}")),
+    };
+    let id = field(1)?.ok_or("row change without id")?;
+    let new_campaign = field(2)?;
+    // A missing 4th element means "the same campaign as before".
+    let old_campaign = if entry.len() >= 4 {
+        field(3)?
+    } else {
+        new_campaign
+    };
+    Ok(RowChange {
+        table,
+        action,
+        id,
+        new_campaign: if action == Action::Delete {
+            None
+        } else {
+            new_campaign
+        },
+        old_campaign: match action {
+            Action::Insert => None,
+            Action::Delete => old_campaign.or(new_campaign),
+            _ => old_campaign,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_kind() {
+        assert_eq!(
+            parse(r#"{"k":"b","n":1,"s":"campaign_x","m":{"a": [1, 2]}}"#),
+            Ok(Event::Broadcast {
+                stream: "campaign_x".into(),
+                message: r#"{"a": [1, 2]}"#.into()
+            })
+        );
+        assert_eq!(parse(r#"{"k":"t","id":7}"#), Ok(Event::Stored { id: 7 }));
+        let u = "00000000-0000-4000-8000-000000000001";
+        assert_eq!(
+            parse(&format!(r#"{{"k":"d","u":"{u}","r":false}}"#)),
+            Ok(Event::Disconnect {
+                user: Uuid::try_parse(u).unwrap(),
+                reconnect: false
+            })
+        );
+        let c = "00000000-0000-4000-8000-0000000000c1";
+        let ev = parse(&format!(
+            r#"{{"k":"r","t":"fights","c":[["u","{u}","{c}"],["d","{u}",null,"{c}"]]}}"#
+        ))
+        .unwrap();
+        let Event::Rows(rows) = ev else { panic!() };
+        assert_eq!(rows[0].action, Action::Update);
+        assert_eq!(rows[0].old_campaign, rows[0].new_campaign);
+        assert_eq!(rows[1].action, Action::Delete);
+        assert_eq!(rows[1].new_campaign, None);
+        assert!(rows[1].old_campaign.is_some());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for bad in [
+            "",
+            "x",
+            "{}",
+            r#"{"k":"z"}"#,
+            r#"{"k":"r","t":"users","c":[]}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

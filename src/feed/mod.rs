@@ -1,0 +1,145 @@
+//! The database side: notifications in, encoded messages to the hub out.
+//!
+//! [`listener`] holds the LISTEN connection; [`event`] decodes payloads; this module dispatches
+//! them in arrival order (which is commit order); [`coalesce`] turns row changes into re-reads.
+//! Calls the render station (through `coalesce`), the query pool and the hub.
+
+pub mod coalesce;
+pub mod event;
+pub mod listener;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use self::coalesce::Coalescer;
+use self::event::{Event, Table};
+use self::listener::Item;
+use crate::cable::frame::DisconnectReason;
+use crate::render::json::reencode;
+use crate::state::State;
+
+/// Reads items from the listener and acts on each, in order, until the listener is gone.
+pub async fn dispatch(
+    state: Arc<State>,
+    mut items: mpsc::UnboundedReceiver<Item>,
+    rows: Arc<Coalescer>,
+) {
+    while let Some(item) = items.recv().await {
+        match item {
+            Item::Gap => reload_everything(&state),
+            Item::Notification(payload) => {
+                state.metrics.notification();
+                match event::parse(&payload) {
+                    Ok(Event::Broadcast { stream, message }) => {
+                        broadcast(&state, &stream, &message)
+                    }
+                    Ok(Event::Stored { id }) => stored_broadcast(&state, id).await,
+                    Ok(Event::Disconnect { user, reconnect }) => {
+                        let n =
+                            state
+                                .hub
+                                .disconnect_user(user, DisconnectReason::Remote, reconnect);
+                        tracing::info!(%user, connections = n, "disconnect requested from SQL");
+                    }
+                    Ok(Event::Rows(changes)) => {
+                        let (_, folded) = rows.push(changes);
+                        state.metrics.coalesced(folded as u64);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "notification ignored"),
+                }
+            }
+        }
+    }
+}
+
+/// Encodes a message the Rails way once and hands it to the hub.
+pub fn broadcast(state: &State, stream: &str, message_json: &str) {
+    let mut encoded = String::with_capacity(message_json.len() + 16);
+    if let Err(e) = reencode(&mut encoded, message_json) {
+        tracing::warn!(%stream, error = %e, "broadcast dropped: message is not valid JSON");
+        return;
+    }
+    send_encoded(state, stream, Arc::from(encoded));
+}
+
+/// Hands an already encoded message to the hub.
+pub fn send_encoded(state: &State, stream: &str, message: Arc<str>) {
+    let frames = state.hub.broadcast(stream, &message);
+    state.metrics.broadcast(frames);
+}
+
+async fn stored_broadcast(state: &State, id: i64) {
+    for attempt in 0..3 {
+        match fetch_stored(state, id).await {
+            Ok(Some((stream, message))) => return broadcast(state, &stream, &message),
+            Ok(None) => {
+                tracing::warn!(id, "stored broadcast not found (already cleaned up?)");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(id, attempt, error = %e, "stored broadcast not readable yet");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    tracing::error!(id, "stored broadcast lost: database unreachable");
+}
+
+async fn fetch_stored(state: &State, id: i64) -> Result<Option<(String, String)>, String> {
+    let client = state.pool.get().await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_opt(
+            "SELECT stream, message::text FROM pgcable.messages WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// After a gap in the feed, every campaign with subscribers reloads every table.
+fn reload_everything(state: &State) {
+    let streams = state.hub.streams_with_prefix("campaign_");
+    // Only `campaign_<uuid>`, not the per-client `campaign_<uuid>_<client>` streams.
+    let campaigns: Vec<&String> = streams
+        .iter()
+        .filter(|s| s.len() == "campaign_".len() + 36)
+        .collect();
+    for table in Table::ALL {
+        let message = reload_message(table);
+        for stream in &campaigns {
+            send_encoded(state, stream, message.clone());
+        }
+    }
+    tracing::info!(campaigns = campaigns.len(), "gap reloads sent");
+}
+
+/// `{"<plural>":"reload"}`.
+pub fn reload_message(table: Table) -> Arc<str> {
+    Arc::from(format!(r#"{{"{}":"reload"}}"#, table.plural()))
+}
+
+/// Deletes stored broadcasts every relay has had time to read.
+pub async fn clean_stored(state: Arc<State>, mut shutdown: crate::shutdown::Shutdown) {
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = every.tick() => {}
+        }
+        let Ok(client) = state.pool.get().await else {
+            continue;
+        };
+        if let Err(e) = client
+            .execute(
+                "DELETE FROM pgcable.messages WHERE created_at < now() - interval '5 minutes'",
+                &[],
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "stored broadcast cleanup failed");
+        }
+    }
+}

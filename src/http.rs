@@ -1,0 +1,200 @@
+//! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`.
+//!
+//! Owns the handshake rules of protocol.md §1 (subprotocol, origin, 404s) and the operator
+//! endpoints. Calls the connection for each upgraded socket and reads the shared state.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+use warp::ws::Ws;
+use warp::{Filter, Reply};
+
+use crate::cable::{auth, connection};
+use crate::state::State;
+
+/// The subprotocols pgcable speaks, in the order ActionCable lists them.
+const PROTOCOLS: [&str; 2] = ["actioncable-v1-json", "actioncable-unsupported"];
+
+/// Every route of the relay.
+pub fn routes(
+    state: Arc<State>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let cable = warp::path("cable")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ws())
+        .and(with_state.clone())
+        .map(cable);
+    let health = warp::path("health")
+        .and(warp::path::end())
+        .map(|| json_reply(StatusCode::OK, r#"{"status":"ok"}"#.to_string()));
+    let ready = warp::path("ready")
+        .and(warp::path::end())
+        .and(with_state.clone())
+        .map(|state: Arc<State>| {
+            let listener = state.listening.load(Ordering::Relaxed);
+            let triggers = state.triggers_current.load(Ordering::Relaxed);
+            let ok = listener && triggers;
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_reply(
+                status,
+                format!(r#"{{"ready":{ok},"listener":{listener},"triggers_current":{triggers}}}"#),
+            )
+        });
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(with_state)
+        .map(|state: Arc<State>| {
+            state
+                .metrics
+                .hub_size(state.hub.stream_count(), state.hub.subscription_count());
+            let mut r = Response::new(state.metrics.render().into());
+            r.headers_mut().insert(
+                "content-type",
+                warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        });
+    warp::get()
+        .and(
+            cable
+                .or(health)
+                .unify()
+                .or(ready)
+                .unify()
+                .or(metrics)
+                .unify(),
+        )
+        .recover(|_| async { Ok::<_, Infallible>(not_found()) })
+        .unify()
+}
+
+fn json_reply(status: StatusCode, body: String) -> Response {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// What Rails answers to anything it won't upgrade.
+fn not_found() -> Response {
+    let mut r = Response::new("Page not found".into());
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn cable(headers: HeaderMap, query: String, ws: Ws, state: Arc<State>) -> Response {
+    if !origin_allowed(&headers, state.config.allowed_origins.as_deref()) {
+        tracing::info!(origin = ?headers.get("origin"), "upgrade refused: origin not allowed");
+        return not_found();
+    }
+    if state.hub.session_count() >= state.config.max_connections {
+        tracing::warn!("upgrade refused: at the connection limit");
+        let mut r = Response::new("Too many connections".into());
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r.headers_mut()
+            .insert("retry-after", warp::http::HeaderValue::from_static("5"));
+        return r;
+    }
+    let protocol = select_protocol(&headers);
+    let token = auth::token_from_query(&query);
+    let limit = state.config.max_frame_bytes;
+    let reply = ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| connection::run(socket, state, token));
+    match protocol {
+        Some(p) => warp::reply::with_header(reply, "sec-websocket-protocol", p).into_response(),
+        None => reply.into_response(),
+    }
+}
+
+/// The first protocol the client offers that pgcable speaks (protocol.md §1).
+fn select_protocol(headers: &HeaderMap) -> Option<&'static str> {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|offered| PROTOCOLS.iter().copied().find(|p| *p == offered))
+}
+
+/// Whether the `Origin` is listed or is the same origin (protocol.md §1).
+fn origin_allowed(headers: &HeaderMap, allowed: Option<&[String]>) -> bool {
+    let Some(allowed) = allowed else {
+        return true;
+    };
+    let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed.iter().any(|a| a == origin) {
+        return true;
+    }
+    let host = headers.get("host").and_then(|v| v.to_str().ok());
+    match (host, origin.split_once("://")) {
+        (Some(host), Some((_scheme, rest))) => rest == host,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, warp::http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn protocol_selection() {
+        let h = headers(&[(
+            "sec-websocket-protocol",
+            "actioncable-v1-json, actioncable-unsupported",
+        )]);
+        assert_eq!(select_protocol(&h), Some("actioncable-v1-json"));
+        let h = headers(&[("sec-websocket-protocol", "actioncable-unsupported")]);
+        assert_eq!(select_protocol(&h), Some("actioncable-unsupported"));
+        let h = headers(&[("sec-websocket-protocol", "chat, superchat")]);
+        assert_eq!(select_protocol(&h), None);
+        assert_eq!(select_protocol(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://chiwar.net".to_string()];
+        assert!(origin_allowed(&HeaderMap::new(), None));
+        assert!(!origin_allowed(&HeaderMap::new(), Some(&allowed)));
+        let h = headers(&[("origin", "https://chiwar.net")]);
+        assert!(origin_allowed(&h, Some(&allowed)));
+        let h = headers(&[("origin", "https://evil.example")]);
+        assert!(!origin_allowed(&h, Some(&allowed)));
+        let h = headers(&[("origin", "http://relay:8080"), ("host", "relay:8080")]);
+        assert!(origin_allowed(&h, Some(&allowed)));
+    }
+}

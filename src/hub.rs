@@ -1,0 +1,194 @@
+//! The hub: which subscriptions listen to which stream, and which sessions are open.
+//!
+//! Owns the stream → subscriptions map and the session registry. A broadcast's message is
+//! encoded once by the caller and shared; the hub only pushes it into each subscriber's
+//! [`Outbox`], which never waits, so a slow socket can't hold up anyone else.
+//! Calls only the outbox.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use uuid::Uuid;
+
+use crate::cable::frame::DisconnectReason;
+use crate::cable::outbox::{Ending, Frame, Outbox};
+
+/// A unique number for each session (one WebSocket connection).
+pub type SessionId = u64;
+
+/// One subscription's place in a stream.
+#[derive(Debug, Clone)]
+struct Subscriber {
+    session: SessionId,
+    /// `{"identifier":…,"message":` of that subscription: its identity within the session.
+    prefix: Arc<str>,
+    outbox: Arc<Outbox>,
+}
+
+/// A connected, authenticated session as the hub sees it.
+#[derive(Debug)]
+pub struct Session {
+    /// Its number.
+    pub id: SessionId,
+    /// Whose it is.
+    pub user_id: Uuid,
+    /// Where its frames go.
+    pub outbox: Arc<Outbox>,
+}
+
+/// The hub. One per relay, shared by every connection and the feed.
+#[derive(Debug, Default)]
+pub struct Hub {
+    streams: RwLock<HashMap<String, Vec<Subscriber>>>,
+    sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
+    next_session: AtomicU64,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new() -> Hub {
+        Hub::default()
+    }
+
+    /// Registers a new session and returns it.
+    pub fn open_session(&self, user_id: Uuid, outbox: Arc<Outbox>) -> Arc<Session> {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+        let session = Arc::new(Session {
+            id,
+            user_id,
+            outbox,
+        });
+        self.sessions_lock().insert(id, session.clone());
+        session
+    }
+
+    /// Forgets a session. Its subscriptions must have been removed already.
+    pub fn close_session(&self, id: SessionId) {
+        self.sessions_lock().remove(&id);
+    }
+
+    fn sessions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions_lock().len()
+    }
+
+    /// Adds a subscription (identified by its frame prefix) to a stream.
+    pub fn subscribe(&self, stream: &str, session: &Session, prefix: Arc<str>) {
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        let subs = streams.entry(stream.to_string()).or_default();
+        if !subs
+            .iter()
+            .any(|s| s.session == session.id && s.prefix == prefix)
+        {
+            subs.push(Subscriber {
+                session: session.id,
+                prefix,
+                outbox: session.outbox.clone(),
+            });
+        }
+    }
+
+    /// Removes a subscription from a stream; drops the stream when nobody is left.
+    pub fn unsubscribe(&self, stream: &str, session: SessionId, prefix: &str) {
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(subs) = streams.get_mut(stream) {
+            subs.retain(|s| !(s.session == session && &*s.prefix == prefix));
+            if subs.is_empty() {
+                streams.remove(stream);
+            }
+        }
+    }
+
+    /// Sends an encoded message to every subscription of a stream. Returns how many frames were
+    /// queued. Never waits on a connection.
+    pub fn broadcast(&self, stream: &str, message: &Arc<str>) -> usize {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let Some(subs) = streams.get(stream) else {
+            return 0;
+        };
+        let mut sent = 0;
+        for sub in subs {
+            if sub.outbox.push(Frame::Broadcast {
+                prefix: sub.prefix.clone(),
+                message: message.clone(),
+            }) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Streams that currently have subscribers and whose name starts with `prefix`.
+    pub fn streams_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        streams
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of streams with at least one subscriber.
+    pub fn stream_count(&self) -> usize {
+        self.streams.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Number of (stream, subscription) pairs.
+    pub fn subscription_count(&self) -> usize {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        streams.values().map(Vec::len).sum()
+    }
+
+    /// Ends every session of a user with a disconnect frame. Returns how many.
+    pub fn disconnect_user(
+        &self,
+        user_id: Uuid,
+        reason: DisconnectReason,
+        reconnect: bool,
+    ) -> usize {
+        let sessions = self.sessions_lock();
+        let mut n = 0;
+        for s in sessions.values().filter(|s| s.user_id == user_id) {
+            s.outbox.end(Ending::Disconnect(reason, reconnect));
+            n += 1;
+        }
+        n
+    }
+
+    /// Ends every session (graceful shutdown).
+    pub fn disconnect_all(&self, reason: DisconnectReason, reconnect: bool) {
+        for s in self.sessions_lock().values() {
+            s.outbox.end(Ending::Disconnect(reason, reconnect));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_reaches_each_subscription_once() {
+        let hub = Hub::new();
+        let a = hub.open_session(Uuid::nil(), Arc::new(Outbox::new(1 << 20)));
+        let b = hub.open_session(Uuid::nil(), Arc::new(Outbox::new(1 << 20)));
+        let pa1: Arc<str> = Arc::from("A1");
+        let pa2: Arc<str> = Arc::from("A2");
+        hub.subscribe("s", &a, pa1.clone());
+        hub.subscribe("s", &a, pa1.clone());
+        hub.subscribe("s", &a, pa2.clone());
+        hub.subscribe("s", &b, Arc::from("B"));
+        assert_eq!(hub.broadcast("s", &Arc::from("m")), 3);
+        assert_eq!(a.outbox.take().frames.len(), 2);
+        hub.unsubscribe("s", a.id, "A1");
+        assert_eq!(hub.broadcast("s", &Arc::from("m")), 2);
+        hub.unsubscribe("s", a.id, "A2");
+        hub.unsubscribe("s", b.id, "B");
+        assert_eq!(hub.stream_count(), 0);
+    }
+}

@@ -1,0 +1,17 @@
+//! pgcable: a Postgres change-feed relay that speaks ActionCable.
+//!
+//! Data flows one way: trigger → `NOTIFY` → [`feed`] → [`render`] → [`hub`] → [`cable`] → client.
+//! [`server`] wires the stations together and owns shutdown; [`http`] serves the routes.
+
+pub mod cable;
+pub mod config;
+pub mod db;
+pub mod feed;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod render;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod triggers;

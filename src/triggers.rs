@@ -1,0 +1,119 @@
+//! The SQL a DBA installs (`triggers/`), embedded in the binary, and what is installed now.
+//!
+//! Owns the trigger version this binary expects and the install/uninstall/status operations.
+//! Calls only the database client it is given.
+
+use tokio_postgres::Client;
+
+/// `triggers/install.sql`.
+pub const INSTALL_SQL: &str = include_str!("../triggers/install.sql");
+/// `triggers/uninstall.sql`.
+pub const UNINSTALL_SQL: &str = include_str!("../triggers/uninstall.sql");
+/// The version of the triggers this binary was built with (`pgcable.version()`).
+pub const VERSION: i32 = 1;
+
+/// The watched tables.
+pub const TABLES: [&str; 3] = ["characters", "vehicles", "fights"];
+
+/// The installed trigger version, or `None` if pgcable's triggers are not installed.
+pub async fn installed_version(client: &Client) -> Result<Option<i32>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT to_regprocedure('pgcable.version()') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    if !row.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let row = client.query_one("SELECT pgcable.version()", &[]).await?;
+    Ok(Some(row.get(0)))
+}
+
+/// Whether the installed triggers are the ones this binary expects. Logs what to do if not.
+pub async fn is_current(client: &Client) -> bool {
+    match installed_version(client).await {
+        Ok(Some(v)) if v == VERSION => true,
+        Ok(Some(v)) if v < VERSION => {
+            tracing::warn!(
+                installed = v,
+                expected = VERSION,
+                "installed triggers are older than this binary: run `pgcable triggers install`"
+            );
+            false
+        }
+        Ok(Some(v)) => {
+            tracing::warn!(
+                installed = v,
+                expected = VERSION,
+                "installed triggers are newer than this binary: upgrade pgcable"
+            );
+            false
+        }
+        Ok(None) => {
+            tracing::warn!("pgcable triggers are not installed in this database: run `pgcable triggers install`");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the installed trigger version");
+            false
+        }
+    }
+}
+
+/// One table's trigger state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableStatus {
+    /// Table name.
+    pub table: String,
+    /// Whether the table exists.
+    pub exists: bool,
+    /// Names of pgcable triggers on it.
+    pub triggers: Vec<String>,
+}
+
+/// Per-table trigger state.
+pub async fn status(client: &Client) -> Result<Vec<TableStatus>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass(format('public.%I', $1::text)) IS NOT NULL",
+                &[&table],
+            )
+            .await?
+            .get(0);
+        let triggers = if exists {
+            client
+                .query(
+                    "SELECT t.tgname::text FROM pg_trigger t \
+                     JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace \
+                     WHERE t.tgrelid = format('public.%I', $1::text)::regclass AND NOT t.tgisinternal \
+                       AND n.nspname = 'pgcable' ORDER BY 1",
+                    &[&table],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.push(TableStatus {
+            table: table.to_string(),
+            exists,
+            triggers,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs `install.sql` (idempotent).
+pub async fn install(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(INSTALL_SQL).await
+}
+
+/// Runs `uninstall.sql` (idempotent; leaves the tables and their data alone).
+pub async fn uninstall(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(UNINSTALL_SQL).await
+}
