@@ -1,4 +1,5 @@
-//! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`.
+//! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`, and `/demo` (the
+//! static live page of `pgcable dev`, [`crate::dev::DEMO_HTML`]).
 //!
 //! Owns the handshake rules of protocol.md §1 (subprotocol, origin, 404s) and the operator
 //! endpoints. Calls the connection for each upgraded socket and reads the shared state.
@@ -68,6 +69,18 @@ pub fn routes(
             );
             r
         });
+    let demo = warp::path("demo").and(warp::path::end()).map(|| {
+        let mut r = Response::new(crate::dev::DEMO_HTML.into());
+        r.headers_mut().insert(
+            "content-type",
+            warp::http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        r.headers_mut().insert(
+            "cache-control",
+            warp::http::HeaderValue::from_static("no-store"),
+        );
+        r
+    });
     warp::get()
         .and(
             cable
@@ -76,6 +89,8 @@ pub fn routes(
                 .or(ready)
                 .unify()
                 .or(metrics)
+                .unify()
+                .or(demo)
                 .unify(),
         )
         .recover(|_| async { Ok::<_, Infallible>(not_found()) })

@@ -4,8 +4,10 @@
 //! [`server`] wires the stations together and owns shutdown; [`http`] serves the routes.
 
 pub mod cable;
+pub mod check;
 pub mod config;
 pub mod db;
+pub mod dev;
 pub mod feed;
 pub mod http;
 pub mod hub;

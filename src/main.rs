@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use tokio_postgres::NoTls;
 
 use pgcable::config::{Config, DbArgs, ServeArgs};
-use pgcable::{db, server, triggers};
+use pgcable::{check, db, dev, server, triggers};
 
 /// pgcable: a Postgres change-feed relay that speaks ActionCable.
 #[derive(Parser, Debug)]
@@ -25,6 +25,18 @@ enum Command {
         #[command(subcommand)]
         action: TriggersAction,
     },
+    /// Run the whole loop locally: a demo database, the relay, a token and a live page.
+    ///
+    /// Creates a fresh database pgcable_demo_<random> on DATABASE_URL's server (it never writes
+    /// into an existing database) or, if no server answers there, a throwaway cluster from the
+    /// machine's PostgreSQL programs; loads the demo schema and data, installs the triggers,
+    /// serves /cable and /demo, and prints a token, a psql command and the page's URL.
+    /// Ctrl-C or SIGTERM removes everything it made.
+    Dev(dev::DevArgs),
+    /// Go/no-go report on the database and settings `serve` would use.
+    ///
+    /// One line per check (ok / warn / FAIL, with what to do); exit code 0 for go, 1 for no-go.
+    Check(check::CheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +76,12 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Triggers { action } => triggers_command(action).await,
+        Command::Dev(args) => dev::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => Ok(if check::report(&args).await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
     };
     match result {
         Ok(code) => code,

@@ -2,21 +2,24 @@
 # triggers/bench.sh: what the pgcable triggers cost writers.
 #
 # Creates a scratch database (dropped on exit) with sql/schema.sql and 100,000 characters
-# (10,000 of them in one campaign), then measures three cases:
-#   none  no triggers
-#   row   a FOR EACH ROW variant (one NOTIFY per changed row; defined here, not installed anywhere)
-#   stmt  triggers/install.sql (FOR EACH STATEMENT with transition tables, batched NOTIFYs)
-# For each: single-row UPDATE throughput (pgbench, CLIENTS clients, DURATION seconds), the time
-# of one UPDATE of all 10,000 characters of a campaign (real change, then touch of updated_at
-# only; median of RUNS runs) and how many NOTIFYs that statement sends.
+# (10,000 of them in one campaign), then measures four cases:
+#   none    no triggers
+#   notify  the floor of any NOTIFY design: a statement trigger sending one tiny NOTIFY
+#   row     a FOR EACH ROW variant (one NOTIFY per changed row; defined here, not installed anywhere)
+#   stmt    triggers/install.sql (FOR EACH STATEMENT with transition tables, batched NOTIFYs)
+# For each: single-row UPDATE throughput (pgbench, CLIENTS clients, DURATION seconds, best of
+# ROUNDS runs), the time of one UPDATE of all 10,000 characters of a campaign (real change, then
+# touch of updated_at only; median of RUNS runs; in parentheses the part spent in triggers, from
+# EXPLAIN ANALYZE, which leaves out commit-time NOTIFY work) and how many NOTIFYs it sends.
+# No session LISTENs during the timed runs.
 #
-# Usage: triggers/bench.sh            (env: PGHOST PGPORT PGUSER, CLIENTS=4 DURATION=10 RUNS=5)
+# Usage: triggers/bench.sh   (env: PGHOST PGPORT PGUSER, CLIENTS=4 DURATION=10 ROUNDS=3 RUNS=5)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 schema="$here/../sql/schema.sql"
 export PGHOST="${PGHOST:-127.0.0.1}" PGUSER="${PGUSER:-postgres}"
-CLIENTS="${CLIENTS:-4}" DURATION="${DURATION:-10}" RUNS="${RUNS:-5}"
+CLIENTS="${CLIENTS:-4}" DURATION="${DURATION:-10}" ROUNDS="${ROUNDS:-3}" RUNS="${RUNS:-5}"
 db="pgcable_bench_$$"
 work="$(mktemp -d)"
 
@@ -53,6 +56,23 @@ SELECT md5(k::text)::uuid, 'Character ' || k, now(), now(),
   FROM generate_series(1, 100000) k;
 VACUUM ANALYZE;
 SQL
+
+# The floor of any NOTIFY-per-statement design: one small NOTIFY per statement, nothing else.
+notify_variant() {
+psql_ -d "$db" >/dev/null <<'SQL'
+CREATE SCHEMA IF NOT EXISTS pgcable_bench;
+CREATE OR REPLACE FUNCTION pgcable_bench.notify_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgcable', 'x' || txid_current()::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER pgcable_bench_notify AFTER UPDATE ON public.characters
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable_bench.notify_only();
+SQL
+}
+no_notify_variant() {
+    psql_ -d "$db" -c "DROP TRIGGER IF EXISTS pgcable_bench_notify ON public.characters" >/dev/null 2>&1
+}
 
 # The FOR EACH ROW variant, for comparison only. Same payloads as install.sql, one per row.
 row_variant() {
@@ -108,18 +128,23 @@ cat >"$work/update.sql" <<'SQL'
 UPDATE characters SET impairments = :v, updated_at = now() WHERE id = md5(:k::text)::uuid;
 SQL
 
+# tps of one pgbench run
 tps() {
     pgbench -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -T "$DURATION" -f "$work/update.sql" "$db" 2>&1 \
         | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1
 }
 
-# median time in ms of one statement over RUNS runs, each in its own transaction
-bulk_ms() {
-    local sql="$1" i
-    for ((i = 0; i < RUNS; i++)); do
-        psql -X -q -d "$db" -c '\timing on' -c "$sql" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
-    done | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]}'
+# time in ms of one statement, in its own transaction
+ms() {
+    psql -X -q -d "$db" -c '\timing on' -c "$1" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p'
 }
+# ms spent in the statement's triggers (EXPLAIN ANALYZE, rolled back; excludes commit work)
+trigger_ms() {
+    psql -X -q -d "$db" -c BEGIN -c "EXPLAIN (ANALYZE, COSTS OFF) $1" -c ROLLBACK \
+        | sed -n 's/^ *Trigger [^:]*: time=\([0-9.]*\) .*/\1/p' | awk '{t += $1} END {printf "%.0f", t}'
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {printf "%.0f", a[int((NR+1)/2)]}'; }
+best() { tr ' ' '\n' | grep . | sort -n | tail -1 | awk '{printf "%.0f", $1}'; }
 
 # NOTIFYs received by a session that LISTENs and runs the statement
 notifies() {
@@ -129,27 +154,54 @@ notifies() {
 bulk_update="UPDATE characters SET impairments = impairments + 1, updated_at = now() WHERE campaign_id = '00000000-0000-4000-8000-000000000001'"
 bulk_touch="UPDATE characters SET updated_at = updated_at + interval '1 ms' WHERE campaign_id = '00000000-0000-4000-8000-000000000001'"
 
-declare -A R
-for case in none row stmt; do
-    case "$case" in
+# same starting point for every measurement: no dead rows, nothing dirty
+reset() { psql_ -d "$db" -c "VACUUM FULL ANALYZE characters" -c CHECKPOINT >/dev/null; }
+
+use_case() {
+    no_notify_variant
+    no_row_variant
+    psql_ -d "$db" -f "$here/uninstall.sql" >/dev/null
+    case "$1" in
         none) ;;
+        notify) notify_variant ;;
         row) row_variant ;;
-        stmt) no_row_variant; psql_ -d "$db" -f "$here/install.sql" >/dev/null ;;
+        stmt) psql_ -d "$db" -f "$here/install.sql" >/dev/null ;;
     esac
-    psql_ -d "$db" -c "VACUUM ANALYZE characters" -c CHECKPOINT >/dev/null
-    R[$case,tps]=$(tps)
-    psql_ -d "$db" -c "VACUUM ANALYZE characters" >/dev/null
-    R[$case,upd]=$(bulk_ms "$bulk_update")
-    R[$case,touch]=$(bulk_ms "$bulk_touch")
+}
+
+# Cases are interleaved, so that load from elsewhere on the machine spreads over all of them.
+cases="none notify row stmt"
+declare -A R
+for ((r = 0; r < RUNS; r++)); do
+    for case in $cases; do
+        use_case "$case"
+        reset
+        R[$case,upd]+=" $(ms "$bulk_update")"
+        R[$case,touch]+=" $(ms "$bulk_touch")"
+        R[$case,trig]+=" $(trigger_ms "$bulk_update")"
+        R[$case,trigt]+=" $(trigger_ms "$bulk_touch")"
+    done
+done
+for case in $cases; do
+    use_case "$case"
     R[$case,n]=$(notifies "$bulk_update")
+done
+for ((r = 0; r < ROUNDS; r++)); do
+    for case in $cases; do
+        use_case "$case"
+        reset
+        R[$case,tps]+=" $(tps)"
+    done
 done
 
 pgv=$(psql -X -At -d "$db" -c "SHOW server_version")
 sc=$(psql -X -At -d "$db" -c "SHOW synchronous_commit")
-printf '\nPostgreSQL %s, synchronous_commit=%s, %s CPUs; pgbench -c %s -T %s; bulk = median of %s runs\n' \
-    "$pgv" "$sc" "$(nproc)" "$CLIENTS" "$DURATION" "$RUNS"
-printf '%-6s | %16s | %20s | %20s | %18s\n' case "1-row UPDATE tps" "10k UPDATE ms" "10k touch ms" "10k UPDATE NOTIFYs"
-printf '%-6s-+-%16s-+-%20s-+-%20s-+-%18s\n' ------ ---------------- -------------------- -------------------- ------------------
-for case in none row stmt; do
-    printf '%-6s | %16s | %20s | %20s | %18s\n' "$case" "${R[$case,tps]}" "${R[$case,upd]}" "${R[$case,touch]}" "${R[$case,n]}"
+printf '\nPostgreSQL %s, synchronous_commit=%s, %s CPUs; tps: best of %s pgbench -c %s -T %s runs; ms: median of %s runs\n' \
+    "$pgv" "$sc" "$(nproc)" "$ROUNDS" "$CLIENTS" "$DURATION" "$RUNS"
+printf '%-6s | %16s | %26s | %26s | %18s\n' case "1-row UPDATE tps" "10k UPDATE ms (triggers)" "10k touch ms (triggers)" "10k UPDATE NOTIFYs"
+printf '%-6s-+-%16s-+-%26s-+-%26s-+-%18s\n' ------ ---------------- -------------------------- -------------------------- ------------------
+for case in $cases; do
+    printf '%-6s | %16s | %26s | %26s | %18s\n' "$case" "$(best <<<"${R[$case,tps]}")" \
+        "$(median <<<"${R[$case,upd]}") ($(median <<<"${R[$case,trig]}"))" \
+        "$(median <<<"${R[$case,touch]}") ($(median <<<"${R[$case,trigt]}"))" "${R[$case,n]}"
 done

@@ -275,6 +275,7 @@ async fn pump(
                 }
                 let now = *pings.borrow_and_update();
                 sink.send(Message::text(frame::ping(now))).await.map_err(|_| ())?;
+                outbox.progressed();
             }
             _ = outbox.ready() => {
                 let batch = outbox.take();
@@ -284,6 +285,7 @@ async fn pump(
                 }
                 if n > 0 {
                     sink.flush().await.map_err(|_| ())?;
+                    outbox.progressed();
                 }
                 match batch.ending {
                     None => {}

@@ -1,11 +1,13 @@
 //! One connection's bounded queue of frames waiting to be written.
 //!
-//! Owns back-pressure: the hub pushes without ever waiting; when a client stops reading and the
-//! queue passes its byte limit, the connection is marked overflowed and its writer drops it.
-//! Calls nothing.
+//! Owns back-pressure: the hub pushes without ever waiting. A connection overflows, and its
+//! writer drops it, when its queue passes the byte limit while the client has read nothing for
+//! [`STALL`]; a client that keeps reading may go past the limit during a burst (a bulk UPDATE
+//! of thousands of rows), up to [`BURST_FACTOR`] times it. Calls nothing.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -65,11 +67,18 @@ pub enum Ending {
     Overflow,
 }
 
-#[derive(Debug, Default)]
+/// How long a client over the limit may go without reading before it is dropped.
+pub const STALL: Duration = Duration::from_secs(1);
+/// How far past the limit a reading client's queue may grow.
+pub const BURST_FACTOR: usize = 16;
+
+#[derive(Debug)]
 struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
     ending: Option<Ending>,
+    /// When the writer last got frames onto the socket.
+    progress: Instant,
 }
 
 /// The queue. Shared by the hub (producers) and the connection's writer (the one consumer).
@@ -94,7 +103,12 @@ impl Outbox {
     /// An empty queue that holds at most `limit` bytes.
     pub fn new(limit: usize) -> Outbox {
         Outbox {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                bytes: 0,
+                ending: None,
+                progress: Instant::now(),
+            }),
             limit,
             work: Notify::new(),
             ended: Notify::new(),
@@ -113,8 +127,10 @@ impl Outbox {
             return false;
         }
         // One frame larger than the limit still goes through an empty queue, or a big message
-        // could never be delivered; the bound is the limit plus one frame.
-        if st.bytes > 0 && st.bytes + frame.len() > self.limit {
+        // could never be delivered.
+        let after = st.bytes + frame.len();
+        let over = st.bytes > 0 && after > self.limit;
+        if over && (st.progress.elapsed() >= STALL || after > self.limit * BURST_FACTOR) {
             st.frames.clear();
             st.bytes = 0;
             st.ending = Some(Ending::Overflow);
@@ -144,6 +160,11 @@ impl Outbox {
     /// Whether an ending has been requested.
     pub fn is_ending(&self) -> bool {
         self.lock().ending.is_some()
+    }
+
+    /// The writer got frames onto the socket: the client is reading.
+    pub fn progressed(&self) {
+        self.lock().progress = Instant::now();
     }
 
     /// Whether the queue has overflowed.
@@ -195,8 +216,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reading_client_may_burst_past_the_limit() {
+        let outbox = Outbox::new(10);
+        for _ in 0..BURST_FACTOR * 2 - 1 {
+            assert!(outbox.push(Frame::Text("12345".into())));
+        }
+        assert!(!outbox.push(Frame::Text("123456".into())));
+        assert_eq!(outbox.take().ending, Some(Ending::Overflow));
+    }
+
+    #[test]
     fn overflow_drops_the_queue_and_refuses_more() {
         let outbox = Outbox::new(10);
+        outbox.lock().progress = Instant::now() - STALL;
         assert!(outbox.push(Frame::Text("12345".into())));
         assert!(outbox.push(Frame::Text("12345".into())));
         assert!(!outbox.push(Frame::Text("1".into())));

@@ -1,13 +1,15 @@
 //! Row changes → re-reads → messages, with bursts folded together (payloads.md §2).
 //!
 //! Owns the per-row work queue: at most one re-read of a row in flight and one pending, so a
-//! burst of changes to one row costs a couple of re-reads, and the last message for a row always
+//! burst of changes to one row costs a few re-reads, and the last message for a row always
 //! reflects a committed state at least as new as its last notification. Rows that arrive
-//! together are re-read together. Calls the render station, the query pool and the hub.
+//! together are re-read together. The first change to a row is re-read at once; a row that
+//! changes again while it is being re-read (a hot row) is re-read at most every [`HOT_ROW`].
+//! Calls the render station, the query pool and the hub.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
@@ -19,8 +21,12 @@ use crate::state::State;
 
 /// Most rows re-read in one batch.
 const BATCH: usize = 500;
+/// Least time between two re-reads of one row that keeps changing.
+pub const HOT_ROW: Duration = Duration::from_millis(50);
 
 type Key = (Table, Uuid);
+/// Rows of one table to re-read together, with what each is owed.
+type Batch = (Table, Vec<(Uuid, Work)>);
 
 /// What is owed to subscribers for one row.
 #[derive(Debug, Default, Clone)]
@@ -40,6 +46,8 @@ struct Queue {
     pending: HashMap<Key, Work>,
     order: VecDeque<Key>,
     in_flight: HashSet<Key>,
+    /// Hot rows and when they may be re-read again.
+    not_before: HashMap<Key, Instant>,
 }
 
 /// The coalescing queue and its worker.
@@ -93,33 +101,45 @@ impl Coalescer {
         (added, folded)
     }
 
-    /// Takes the next batch: rows of one table that have no re-read in flight.
-    fn next_batch(&self) -> Option<(Table, Vec<(Uuid, Work)>)> {
+    /// Takes the next batch: rows of one table that have no re-read in flight and are not
+    /// cooling down. `Err` holds when the next cooling row becomes ready, if any.
+    fn next_batch(&self) -> Result<Batch, Option<Instant>> {
         let mut queue = self.lock();
+        let now = Instant::now();
         let Queue {
             pending,
             order,
             in_flight,
+            not_before,
         } = &mut *queue;
-        let table = order.iter().find(|k| !in_flight.contains(k))?.0;
+        not_before.retain(|_, t| *t > now);
+        let ready = |k: &Key| !in_flight.contains(k) && !not_before.contains_key(k);
+        let Some(table) = order.iter().find(|k| ready(k)).map(|k| k.0) else {
+            return Err(not_before.values().min().copied());
+        };
         let mut batch = Vec::new();
         order.retain(|key| {
-            if batch.len() >= BATCH || key.0 != table || in_flight.contains(key) {
+            if batch.len() >= BATCH || key.0 != table || !ready(key) {
                 return true;
             }
             if let Some(work) = pending.remove(key) {
                 batch.push((key.1, work));
-                in_flight.insert(*key);
             }
             false
         });
-        Some((table, batch))
+        in_flight.extend(batch.iter().map(|(id, _)| (table, *id)));
+        Ok((table, batch))
     }
 
     fn done(&self, table: Table, ids: &[Uuid]) {
         let mut queue = self.lock();
+        let later = Instant::now() + HOT_ROW;
         for id in ids {
-            queue.in_flight.remove(&(table, *id));
+            let key = (table, *id);
+            queue.in_flight.remove(&key);
+            if queue.pending.contains_key(&key) {
+                queue.not_before.insert(key, later);
+            }
         }
         drop(queue);
         self.wake.notify_one();
@@ -160,14 +180,27 @@ fn fold(work: &mut Work, change: &RowChange) {
 }
 
 async fn worker(rows: Arc<Coalescer>, state: Arc<State>, permits: Arc<Semaphore>) {
+    let mut cooling: Option<Instant> = None;
     loop {
-        rows.wake.notified().await;
+        match cooling {
+            Some(at) => {
+                tokio::select! {
+                    _ = rows.wake.notified() => {}
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => rows.wake.notified().await,
+        }
         loop {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let Some((table, batch)) = rows.next_batch() else {
-                break;
+            let (table, batch) = match rows.next_batch() {
+                Ok(b) => b,
+                Err(next) => {
+                    cooling = next;
+                    break;
+                }
             };
             let rows = rows.clone();
             let state = state.clone();
@@ -256,9 +289,19 @@ async fn reread(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, (Option<Uuid>, Option<String>)>, String> {
     let client = state.pool.get().await.map_err(|e| e.to_string())?;
-    let (ok, failed) = render::load(&client, render_table(table), ids, &state.render)
+    // One snapshot for the batch's few queries, so a payload never mixes two committed states.
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(|e| e.to_string())?;
+    let loaded = render::load(&client, render_table(table), ids, &state.render).await;
+    let end = if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    if let Err(e) = client.batch_execute(end).await {
+        // Don't hand a connection stuck in a transaction back to the pool.
+        let _ = deadpool_postgres::Object::take(client);
+        return Err(e.to_string());
+    }
+    let (ok, failed) = loaded.map_err(|e| e.to_string())?;
     let mut out = HashMap::with_capacity(ids.len());
     for r in ok {
         out.insert(r.id, (r.campaign_id, Some(r.payload)));

@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use super::json::{reencode_with_max_nesting, RUBY_MAX_NESTING};
+
 /// The URL Rails' `image_url` gives for an attached image, or `None` for `null`.
 ///
 /// * `endpoint`: the relay's `IMAGEKIT_URL_ENDPOINT`, if configured.
@@ -15,7 +17,8 @@ use serde_json::Value;
 /// * `metadata`: `active_storage_blobs.metadata` text.
 ///
 /// Metadata that is NULL, blank or valid JSON but not an object counts as
-/// `{}`; metadata that is not valid JSON gives `None`. The result is
+/// `{}`; metadata that is not valid JSON (or nests deeper than Ruby's
+/// parser allows, 100 levels) gives `None`. The result is
 /// `imagekit_url` if non-blank, else `url` if non-blank, else
 /// `endpoint.chomp("/") + "/" + path.delete_prefix("/")` where `path` is a
 /// non-blank `imagekit_file_path`, else the blob key. With no endpoint that
@@ -33,10 +36,17 @@ pub fn image_url(
 ) -> Option<String> {
     let key = key?;
     let parsed = match metadata {
-        Some(text) if !is_blank(text) => match serde_json::from_str::<Value>(text) {
-            Ok(v) => Some(v),
-            Err(_) => return None,
-        },
+        Some(text) if !is_blank(text) => {
+            // Ruby's parser rejects more than 100 levels of nesting: Rails then returns nil.
+            let mut scratch = String::new();
+            if reencode_with_max_nesting(&mut scratch, text, RUBY_MAX_NESTING).is_err() {
+                return None;
+            }
+            match serde_json::from_str::<Value>(text) {
+                Ok(v) => Some(v),
+                Err(_) => return None,
+            }
+        }
         _ => None,
     };
     let object = parsed.as_ref().and_then(Value::as_object);
@@ -160,6 +170,17 @@ mod tests {
             image_url(None, Some("k"), Some(r#"{"imagekit_file_path":"p"}"#)),
             None
         );
+    }
+
+    #[test]
+    fn metadata_nested_deeper_than_ruby_allows_is_null() {
+        let ok = format!("{{\"x\":{}{}}}", "[".repeat(99), "]".repeat(99));
+        assert_eq!(
+            image_url(Some("https://e"), Some("k"), Some(&ok)).as_deref(),
+            Some("https://e/k")
+        );
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(image_url(Some("https://e"), Some("k"), Some(&deep)), None);
     }
 
     #[test]

@@ -15,11 +15,23 @@ pub struct JsonError {
     pos: usize,
     /// What was wrong.
     msg: &'static str,
+    /// The text is valid JSON but nests deeper than the limit asked for.
+    too_deep: bool,
 }
 
 impl JsonError {
     fn new(pos: usize, msg: &'static str) -> Self {
-        JsonError { pos, msg }
+        JsonError {
+            pos,
+            msg,
+            too_deep: false,
+        }
+    }
+
+    /// Whether the error is only that the nesting limit of
+    /// [`reencode_with_max_nesting`] was exceeded.
+    pub(crate) fn is_too_deep(&self) -> bool {
+        self.too_deep
     }
 
     /// Byte offset in the input where the problem was detected.
@@ -272,6 +284,22 @@ pub fn push_f64(out: &mut String, v: f64) {
 /// parses it to the integer zero. On error, `out` is restored to its
 /// original length.
 pub fn reencode(out: &mut String, json_text: &str) -> Result<(), JsonError> {
+    reencode_with_max_nesting(out, json_text, usize::MAX)
+}
+
+/// Ruby's `JSON.parse` default `max_nesting`: a 101st nested array/object is
+/// a parse error. Rails' json/jsonb attribute type turns that error into `nil`.
+pub(crate) const RUBY_MAX_NESTING: usize = 100;
+
+/// [`reencode`] that also fails (with [`JsonError::is_too_deep`]) when
+/// arrays/objects nest more than `max_nesting` levels, as Ruby's parser does.
+/// The whole text is still validated first: invalid JSON is a syntax error
+/// even when it is also too deep.
+pub(crate) fn reencode_with_max_nesting(
+    out: &mut String,
+    json_text: &str,
+    max_nesting: usize,
+) -> Result<(), JsonError> {
     let original_len = out.len();
     out.reserve(json_text.len());
     let result = Reencoder {
@@ -279,6 +307,8 @@ pub fn reencode(out: &mut String, json_text: &str) -> Result<(), JsonError> {
         bytes: json_text.as_bytes(),
         pos: 0,
         out,
+        max_nesting,
+        too_deep_at: None,
     }
     .run();
     if result.is_err() {
@@ -293,6 +323,10 @@ struct Reencoder<'a, 'o> {
     bytes: &'a [u8],
     pos: usize,
     out: &'o mut String,
+    max_nesting: usize,
+    /// Where the nesting limit was first exceeded (parsing goes on to
+    /// validate the rest).
+    too_deep_at: Option<usize>,
 }
 
 impl Reencoder<'_, '_> {
@@ -316,15 +350,37 @@ impl Reencoder<'_, '_> {
         Err(JsonError::new(self.pos, msg))
     }
 
+    /// Records an opening bracket at nesting level `depth` (1 = top level).
+    #[inline]
+    fn open(&mut self, depth: usize) {
+        if depth > self.max_nesting && self.too_deep_at.is_none() {
+            self.too_deep_at = Some(self.pos);
+        }
+    }
+
+    /// Parses the whole text, then reports a nesting error if one was seen.
+    fn run(mut self) -> Result<(), JsonError> {
+        self.parse()?;
+        match self.too_deep_at {
+            Some(pos) => Err(JsonError {
+                pos,
+                msg: "nesting too deep",
+                too_deep: true,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Parses the whole text. Containers are tracked on an explicit stack
     /// (`true` = object), so depth never touches the call stack.
-    fn run(mut self) -> Result<(), JsonError> {
+    fn parse(&mut self) -> Result<(), JsonError> {
         let mut stack: Vec<bool> = Vec::new();
         'value: loop {
             // Expecting a value.
             self.skip_ws();
             match self.peek() {
                 Some(b'{') => {
+                    self.open(stack.len() + 1);
                     self.pos += 1;
                     self.out.push('{');
                     self.skip_ws();
@@ -338,6 +394,7 @@ impl Reencoder<'_, '_> {
                     }
                 }
                 Some(b'[') => {
+                    self.open(stack.len() + 1);
                     self.pos += 1;
                     self.out.push('[');
                     self.skip_ws();
@@ -889,6 +946,32 @@ mod tests {
         expected.push_str("]}");
         assert!(text.len() > 1_000_000);
         assert_eq!(re(&text), expected);
+    }
+
+    #[test]
+    fn ruby_max_nesting() {
+        let ok = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let mut out = String::new();
+        assert!(reencode_with_max_nesting(&mut out, &ok, RUBY_MAX_NESTING).is_ok());
+        assert_eq!(out, ok);
+        for deep in [
+            format!("{}{}", "[".repeat(101), "]".repeat(101)),
+            format!("{}{{}}{}", "[".repeat(100), "]".repeat(100)),
+            format!("{{\"a\":{}1{}}}", "[".repeat(100), "]".repeat(100)),
+        ] {
+            let mut out = String::from("x");
+            let e =
+                reencode_with_max_nesting(&mut out, &deep, RUBY_MAX_NESTING).expect_err("too deep");
+            assert!(e.is_too_deep());
+            assert_eq!(out, "x");
+            // Without the limit it is fine.
+            assert_eq!(re(&deep), deep);
+        }
+        // A syntax error wins over depth.
+        let bad = format!("{}{}", "[".repeat(101), "]".repeat(100));
+        let e = reencode_with_max_nesting(&mut String::new(), &bad, RUBY_MAX_NESTING)
+            .expect_err("invalid");
+        assert!(!e.is_too_deep());
     }
 
     #[test]

@@ -4,12 +4,12 @@
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::json::{push_f64, push_str, reencode};
+use super::json::{push_f64, push_str, reencode_with_max_nesting, RUBY_MAX_NESTING};
 use super::RenderError;
 
-/// SQL expression template for a timestamp column as Rails `xmlschema(3)`:
-/// UTC, always three fractional digits, truncated (PG's `MS` truncates).
-/// `{}` is replaced by the column.
+/// SQL expression (a string literal) rendering the timestamp column `$col`
+/// as Rails `xmlschema(3)`: the stored UTC value, always three fractional
+/// digits, truncated (PG's `MS` truncates), suffix `Z`. `infinity` gives NULL.
 macro_rules! xmlschema {
     ($col:literal) => {
         concat!("to_char(", $col, r#", 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#)
@@ -17,9 +17,9 @@ macro_rules! xmlschema {
 }
 pub(crate) use xmlschema;
 
-/// SQL fragment: `LEFT JOIN LATERAL` the first `image` attachment of a record
-/// (by attachment id) and its blob. Exposes `<p>_attached`, `<p>_key`, `<p>_metadata`
-/// via [`image_columns`].
+/// SQL fragment (a string literal): `LEFT JOIN LATERAL` the first `image`
+/// attachment of a record (lowest attachment id) as `<p>a`, and its blob as `<p>b`.
+/// Select its columns with [`image_columns`] and the same prefix.
 macro_rules! image_join {
     ($record_type:literal, $record_id:literal, $p:literal) => {
         concat!(
@@ -43,7 +43,8 @@ macro_rules! image_join {
 }
 pub(crate) use image_join;
 
-/// SQL select list for [`image_join`] with the same prefix.
+/// SQL select list for [`image_join`] with the same prefix `p`: `<p>attached`
+/// (bool), `<p>key` and `<p>metadata` (text, NULL when the blob row is missing).
 macro_rules! image_columns {
     ($p:literal) => {
         concat!(
@@ -154,17 +155,26 @@ pub(crate) fn push_opt_f64(out: &mut String, v: Option<f64>) {
 }
 
 /// A json/jsonb column fetched as text (`col::text`), re-encoded; SQL NULL is `null`.
+///
+/// Like Rails (whose json type decodes with Ruby's default `max_nesting` of
+/// 100 and turns a parse error into `nil`), a value nested more than 100
+/// levels deep is `null`.
 pub(crate) fn push_jsonb(
     out: &mut String,
     text: Option<&str>,
     column: &'static str,
 ) -> Result<(), RenderError> {
-    match text {
-        Some(t) => reencode(out, t).map_err(|source| RenderError::Json { column, source }),
-        None => {
+    let Some(text) = text else {
+        out.push_str("null");
+        return Ok(());
+    };
+    match reencode_with_max_nesting(out, text, RUBY_MAX_NESTING) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_too_deep() => {
             out.push_str("null");
             Ok(())
         }
+        Err(source) => Err(RenderError::Json { column, source }),
     }
 }
 
@@ -180,7 +190,8 @@ pub(crate) fn push_uuid_array(out: &mut String, ids: &[Uuid]) {
     out.push(']');
 }
 
-/// `image_url` for a row that selected [`image_columns`] with prefix `p`.
+/// `image_url` for a row that selected [`image_columns`]; `cols` are their
+/// names (`<p>attached`, `<p>key`, `<p>metadata`).
 pub(crate) fn push_image_url(
     out: &mut String,
     row: &Row,

@@ -1,0 +1,225 @@
+//! Operator endpoints (`/health`, `/ready`, `/metrics`) of in-process relays, and the one-line
+//! errors of `pgcable serve` (the real binary) that a newcomer hits first.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{campaign_channel, delivery, Cable, TestDb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct HttpResponse {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+/// `GET path` over plain HTTP/1.1.
+async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    assert!(
+        header("transfer-encoding").is_none(),
+        "this helper reads fixed-length bodies only"
+    );
+    HttpResponse {
+        status,
+        content_type: header("content-type").unwrap_or_default(),
+        body: body.to_string(),
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The sum of every sample of metric `name` in a Prometheus text exposition (0 if absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn health_is_200_json() {
+    let db = TestDb::create().await;
+    let relay = common::relay(&db).await;
+    let r = get(relay.addr, "/health").await;
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("application/json"));
+    assert_eq!(json(&r.body)["status"], "ok");
+    relay.shutdown();
+    relay.stopped().await;
+}
+
+#[tokio::test]
+async fn ready_when_listening_with_current_triggers() {
+    let db = TestDb::create().await;
+    let relay = common::relay(&db).await;
+    let r = get(relay.addr, "/ready").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.content_type.starts_with("application/json"));
+    let body = json(&r.body);
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["listener"], true);
+    assert_eq!(body["triggers_current"], true);
+    relay.shutdown();
+    relay.stopped().await;
+}
+
+#[tokio::test]
+async fn not_ready_without_triggers() {
+    let db = TestDb::empty().await;
+    db.client()
+        .await
+        .batch_execute(include_str!("../sql/schema.sql"))
+        .await
+        .expect("schema");
+    // `serve` keeps running without triggers (it logs a warning); /ready says it is not ready.
+    let relay = common::relay(&db).await;
+    let r = get(relay.addr, "/ready").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let body = json(&r.body);
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["listener"], true);
+    assert_eq!(body["triggers_current"], false);
+    assert_eq!(get(relay.addr, "/health").await.status, 200);
+    relay.shutdown();
+    relay.stopped().await;
+}
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    const COUNTERS: [&str; 4] = [
+        "pgcable_connections_opened_total",
+        "pgcable_broadcasts_total",
+        "pgcable_messages_out_total",
+        "pgcable_notifications_total",
+    ];
+    let db = TestDb::create().await;
+    let relay = common::relay(&db).await;
+    let before = get(relay.addr, "/metrics").await;
+    assert_eq!(before.status, 200);
+    assert!(before.content_type.starts_with("text/plain"));
+
+    let user = db.user(false).await;
+    let campaign = db.campaign(user).await;
+    let mut cable = Cable::welcomed(relay.addr, &common::token(user)).await;
+    let identifier = campaign_channel(campaign);
+    cable.subscribed(&identifier).await;
+    db.broadcast(&format!("campaign_{campaign}"), r#"{"hello":"metrics"}"#)
+        .await;
+    assert_eq!(
+        cable.next_text().await,
+        delivery(&identifier, r#"{"hello":"metrics"}"#)
+    );
+
+    // The recorder is process-wide (other tests add to it too): compare deltas.
+    let after = get(relay.addr, "/metrics").await;
+    for name in COUNTERS {
+        let (b, a) = (metric(&before.body, name), metric(&after.body, name));
+        assert!(a > b, "{name} went from {b} to {a}:\n{}", after.body);
+    }
+    assert!(after.body.contains("pgcable_connections"));
+    relay.shutdown();
+    relay.stopped().await;
+}
+
+/// Runs `pgcable serve` to its exit (at most 30 s): (exit code, stderr).
+fn serve(env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgcable"));
+    cmd.arg("serve")
+        .env_remove("DEVISE_JWT_SECRET_KEY")
+        .env_remove("DATABASE_URL")
+        .env_remove("PGCABLE_LISTEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run pgcable serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pgcable serve did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Asserts one `pgcable: ...` line containing `what`, and no panic.
+fn one_clear_line(code: i32, stderr: &str, what: &str) {
+    assert_ne!(code, 0, "non-zero exit");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("pgcable: "))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line, got:\n{stderr}");
+    assert!(lines[0].contains(what), "{:?} mentions {what:?}", lines[0]);
+}
+
+#[test]
+fn serve_without_a_secret_says_so() {
+    let (code, stderr) = serve(&[("DATABASE_URL", common::ADMIN_URL)]);
+    one_clear_line(code, &stderr, "DEVISE_JWT_SECRET_KEY is not set");
+}
+
+#[test]
+fn serve_without_postgres_says_so() {
+    let (code, stderr) = serve(&[
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres"),
+        ("DEVISE_JWT_SECRET_KEY", common::SECRET),
+        ("PGCABLE_LISTEN", "127.0.0.1:0"),
+    ]);
+    one_clear_line(code, &stderr, "cannot reach Postgres");
+}
+
+#[test]
+fn serve_on_a_busy_port_says_so() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let (code, stderr) = serve(&[
+        ("DATABASE_URL", common::ADMIN_URL),
+        ("DEVISE_JWT_SECRET_KEY", common::SECRET),
+        ("PGCABLE_LISTEN", &addr),
+    ]);
+    one_clear_line(code, &stderr, "already in use");
+    drop(busy);
+}
