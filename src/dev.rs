@@ -407,7 +407,9 @@ fn find_postgres_bin() -> Option<PathBuf> {
 
 /// A private PostgreSQL cluster in a temporary directory: trust auth, 127.0.0.1 only, its
 /// socket inside the directory. Removed (stopped and deleted) by [`Cluster::remove`].
-struct Cluster {
+/// Tests use it too, to stop and start a server of their own.
+#[derive(Debug)]
+pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     /// uid and gid to run the server programs as (initdb refuses to run as root).
@@ -416,6 +418,14 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster from the machine's own PostgreSQL binaries, if it has any.
+    pub fn from_machine() -> Result<Cluster, String> {
+        let bin = find_postgres_bin().ok_or(
+            "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or under /usr/lib/postgresql/*/bin",
+        )?;
+        Cluster::new(bin)
+    }
+
     /// Makes the directory and picks a port; nothing runs yet.
     fn new(bin: PathBuf) -> Result<Cluster, String> {
         let run_as = if effective_uid() == Some(0) {
@@ -466,7 +476,8 @@ impl Cluster {
         self.dir.join("postgres.log")
     }
 
-    fn url(&self) -> String {
+    /// The `postgres` database of the cluster.
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -485,7 +496,7 @@ impl Cluster {
     }
 
     /// initdb, configure, pg_ctl start.
-    async fn start(&self) -> Result<(), String> {
+    pub async fn start(&self) -> Result<(), String> {
         println!(
             "pgcable dev: throwaway cluster in {} on 127.0.0.1:{} ({})",
             self.dir.display(),
@@ -518,7 +529,11 @@ impl Cluster {
         );
         append(&self.data().join("postgresql.conf"), &settings)
             .map_err(|e| format!("cannot configure the throwaway cluster: {e}"))?;
+        self.start_server().await
+    }
 
+    /// Starts the (initialized) server again.
+    pub async fn start_server(&self) -> Result<(), String> {
         let mut pg_ctl = self.command("pg_ctl");
         pg_ctl
             .arg("-D")
@@ -538,8 +553,27 @@ impl Cluster {
         })
     }
 
+    /// Stops the server (fast) and keeps its data.
+    pub async fn stop_server(&self) -> Result<(), String> {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("-D").arg(self.data()).args([
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            &PG_STOP_TIMEOUT_SECS.to_string(),
+            "stop",
+        ]);
+        run_program(
+            pg_ctl,
+            Duration::from_secs(PG_STOP_TIMEOUT_SECS + 5),
+            "pg_ctl stop",
+        )
+        .await
+    }
+
     /// Stops the server (fast, then immediate) and deletes the directory.
-    async fn remove(self) -> Result<(), String> {
+    pub async fn remove(self) -> Result<(), String> {
         if self.data().join("postmaster.pid").exists() {
             let mut stopped = false;
             for mode in ["fast", "immediate"] {

@@ -596,3 +596,94 @@ async fn a_bulk_update_of_10000_rows_delivers_every_final_state() {
     );
     s.relay.shutdown();
 }
+
+#[tokio::test]
+async fn postgres_restarted_clients_stay_and_the_gap_is_reloaded() {
+    // A private server, so stopping it disturbs no other test.
+    let cluster = pgcable::dev::Cluster::from_machine().expect("PostgreSQL server binaries");
+    cluster.start().await.expect("throwaway cluster starts");
+    let url = cluster.url();
+    let db = connect(&url).await;
+    db.batch_execute(include_str!("../sql/schema.sql"))
+        .await
+        .unwrap();
+    db.batch_execute(include_str!("../triggers/install.sql"))
+        .await
+        .unwrap();
+    let user = Uuid::new_v4();
+    db.execute("INSERT INTO users (id, email, jti, created_at, updated_at) VALUES ($1, 'u@x', 'j', now(), now())", &[&user]).await.unwrap();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    for c in [a, b] {
+        db.execute("INSERT INTO campaigns (id, user_id, created_at, updated_at) VALUES ($1, $2, now(), now())", &[&c, &user]).await.unwrap();
+    }
+    drop(db);
+    let mut config = pgcable::config::Config::new(&url, SECRET);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let relay = pgcable::server::start(config).await.expect("relay starts");
+    while !relay
+        .state
+        .listening
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut w = Watcher::new(relay.addr, user, a, b, None).await;
+
+    cluster.stop_server().await.expect("stop");
+    // Clients stay connected and keep getting pings while the database is down.
+    let mut pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(7);
+    while tokio::time::Instant::now() < deadline {
+        use futures_util::StreamExt;
+        match tokio::time::timeout_at(deadline, w.cable.ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(m))) => {
+                assert!(
+                    m.to_text().unwrap().starts_with(r#"{"type":"ping""#),
+                    "{m:?}"
+                );
+                pings += 1;
+            }
+            other => panic!("connection lost while the database was down: {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 7 s");
+    assert!(!relay
+        .state
+        .listening
+        .load(std::sync::atomic::Ordering::Relaxed));
+
+    cluster.start_server().await.expect("start again");
+    let back = std::time::Instant::now();
+    let frames = w.take(6).await;
+    println!(
+        "gap reloads arrived {:?} after the server was back",
+        back.elapsed()
+    );
+    for stream in ["A", "B"] {
+        let mut got = per_stream(&frames, stream);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                r#"{"characters":"reload"}"#,
+                r#"{"fights":"reload"}"#,
+                r#"{"vehicles":"reload"}"#
+            ],
+            "{stream}"
+        );
+    }
+    let writer = connect(&url).await;
+    let id = Uuid::new_v4();
+    writer.execute("INSERT INTO characters (id, name, campaign_id, created_at, updated_at) VALUES ($1, 'Back', $2, now(), now())", &[&id, &a]).await.unwrap();
+    let (stream, m) = w.next().await;
+    assert_eq!(stream, "A");
+    assert!(
+        m.starts_with(&format!(r#"{{"character":{{"id":"{id}""#)),
+        "{m}"
+    );
+    relay.shutdown();
+    relay.stopped().await;
+    drop(writer);
+    cluster.remove().await.expect("cluster removed");
+}

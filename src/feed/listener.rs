@@ -28,7 +28,7 @@ pub enum Item {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often the listener proves its connection is alive.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
