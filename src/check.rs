@@ -235,7 +235,7 @@ async fn listen_round_trip(url: &str, notifier: &Client) -> Vec<Finding> {
                 return vec![Finding::new(
                     "listen",
                     Verdict::Fail,
-                    format!("cannot open a second connection: {}", error_text(&e)),
+                    format!("cannot open a second connection: {}", db::error_text(&e)),
                 )]
             }
             Err(_) => {
@@ -429,7 +429,7 @@ async fn connect(url: &str) -> Result<Client, String> {
             });
             Ok(client)
         }
-        Ok(Err(e)) => Err(db::explain(url, &error_text(&e))),
+        Ok(Err(e)) => Err(db::explain(url, &db::error_text(&e))),
         Err(_) => Err(db::explain(url, "connecting timed out")),
     }
 }
@@ -440,25 +440,9 @@ async fn timeout<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(QUERY_TIMEOUT, query).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error_text(&e)),
+        Ok(Err(e)) => Err(db::error_text(&e)),
         Err(_) => Err(format!("timed out after {}s", QUERY_TIMEOUT.as_secs())),
     }
-}
-
-/// An error with every cause, e.g. `db error: FATAL: password authentication failed for user
-/// "x"` (a `tokio_postgres::Error` alone displays only `db error`).
-pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

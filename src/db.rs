@@ -50,12 +50,31 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, String> {
 
 /// Connects once and runs a trivial query, turning failures into a line a person can act on.
 pub async fn check(pool: &Pool, url: &str) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| explain(url, &e.to_string()))?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| explain(url, &error_text(&e)))?;
     client
         .simple_query("SELECT 1")
         .await
-        .map_err(|e| explain(url, &e.to_string()))?;
+        .map_err(|e| explain(url, &error_text(&e)))?;
     Ok(())
+}
+
+/// An error with every cause, e.g. `db error: FATAL: password authentication failed for user
+/// "x"` (a `tokio_postgres::Error` alone displays only `db error`).
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// One line that says what is wrong with the database connection and what to do.

@@ -4,7 +4,7 @@
 //! server, or a private cluster started from the machine's PostgreSQL binaries), the demo token,
 //! the instructions it prints, the `/demo` page, and cleaning all of it up again.
 //! Calls `db` for connection settings, `triggers::install`, `server::start`/`termination` to run
-//! the relay exactly as `serve` does, and `check::error_text` to describe database errors.
+//! the relay exactly as `serve` does, and `db::error_text` to describe database errors.
 //!
 //! It never writes into an existing database: a user's `DATABASE_URL` may point at production.
 
@@ -17,7 +17,6 @@ use clap::Args;
 use tokio::process::Command;
 use tokio_postgres::{Client, NoTls};
 
-use crate::check::error_text;
 use crate::config::{Config, DbArgs};
 use crate::server::{self, Server};
 use crate::{db, shutdown, triggers};
@@ -203,7 +202,12 @@ async fn start(args: &DevArgs, made: &mut Made) -> Result<Server, String> {
     run_sql(&client, SEED_SQL, "load sql/demo_seed.sql").await?;
     match tokio::time::timeout(SQL_TIMEOUT, triggers::install(&client)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("cannot install the triggers: {}", error_text(&e))),
+        Ok(Err(e)) => {
+            return Err(format!(
+                "cannot install the triggers: {}",
+                db::error_text(&e)
+            ))
+        }
         Err(_) => return Err("installing the triggers timed out".into()),
     }
     drop(client);
@@ -300,11 +304,11 @@ async fn probe(url: &str) -> Result<Option<Client>, String> {
             println!(
                 "pgcable dev: no Postgres at {} ({}); starting a throwaway cluster",
                 db::redact(url),
-                error_text(&e)
+                db::error_text(&e)
             );
             Ok(None)
         }
-        Ok(Err(e)) => Err(db::explain(url, &error_text(&e))),
+        Ok(Err(e)) => Err(db::explain(url, &db::error_text(&e))),
     }
 }
 
@@ -332,7 +336,7 @@ async fn connect(url: &str) -> Result<Client, String> {
             });
             Ok(client)
         }
-        Ok(Err(e)) => Err(db::explain(url, &error_text(&e))),
+        Ok(Err(e)) => Err(db::explain(url, &db::error_text(&e))),
         Err(_) => Err(db::explain(url, "timed out")),
     }
 }
@@ -340,7 +344,7 @@ async fn connect(url: &str) -> Result<Client, String> {
 async fn run_sql(client: &Client, sql: &str, what: &str) -> Result<(), String> {
     match tokio::time::timeout(SQL_TIMEOUT, client.batch_execute(sql)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("cannot {what}: {}", error_text(&e))),
+        Ok(Err(e)) => Err(format!("cannot {what}: {}", db::error_text(&e))),
         Err(_) => Err(format!("cannot {what}: timed out")),
     }
 }

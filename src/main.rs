@@ -107,7 +107,7 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
     let (client, connection) = cfg
         .connect(NoTls)
         .await
-        .map_err(|e| db::explain(url, &e.to_string()))?;
+        .map_err(|e| db::explain(url, &db::error_text(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "connection ended");

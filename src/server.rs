@@ -3,7 +3,7 @@
 //! Calls every station once to start it; afterwards only the shutdown signal flows from here.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,7 +177,8 @@ async fn tick(state: Arc<State>, mut shutdown: Shutdown) {
     }
 }
 
-/// Samples `pg_notification_queue_usage()` for the metrics.
+/// Samples `pg_notification_queue_usage()` for the metrics, and re-reads the installed trigger
+/// version so `/ready` follows a DBA's install or uninstall without a restart.
 async fn watch_queue(state: Arc<State>, mut shutdown: Shutdown) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -191,6 +192,18 @@ async fn watch_queue(state: Arc<State>, mut shutdown: Shutdown) {
                 .await
             {
                 state.metrics.notify_queue_usage(row.get(0));
+            }
+            let current = matches!(
+                triggers::installed_version(&client).await,
+                Ok(Some(v)) if v == triggers::VERSION
+            );
+            if state.triggers_current.swap(current, Ordering::Relaxed) != current {
+                if current {
+                    tracing::info!("triggers are installed and current");
+                } else {
+                    // Logs what is wrong and what to do.
+                    triggers::is_current(&client).await;
+                }
             }
         }
     }
