@@ -17,11 +17,13 @@ use crate::cable::outbox::{Ending, Frame, Outbox};
 /// A unique number for each session (one WebSocket connection).
 pub type SessionId = u64;
 
+/// A unique number for each subscription.
+pub type SubscriptionId = u64;
+
 /// One subscription's place in a stream.
 #[derive(Debug, Clone)]
 struct Subscriber {
-    session: SessionId,
-    /// `{"identifier":…,"message":` of that subscription: its identity within the session.
+    /// `{"identifier":…,"message":` of that subscription.
     prefix: Arc<str>,
     outbox: Arc<Outbox>,
 }
@@ -40,9 +42,10 @@ pub struct Session {
 /// The hub. One per relay, shared by every connection and the feed.
 #[derive(Debug, Default)]
 pub struct Hub {
-    streams: RwLock<HashMap<String, Vec<Subscriber>>>,
+    streams: RwLock<HashMap<String, HashMap<SubscriptionId, Subscriber>>>,
     sessions: Mutex<HashMap<SessionId, Arc<Session>>>,
     next_session: AtomicU64,
+    next_subscription: AtomicU64,
 }
 
 impl Hub {
@@ -77,27 +80,29 @@ impl Hub {
         self.sessions_lock().len()
     }
 
-    /// Adds a subscription (identified by its frame prefix) to a stream.
-    pub fn subscribe(&self, stream: &str, session: &Session, prefix: Arc<str>) {
+    /// A new subscription number. The session keeps one per identifier it holds, so the hub
+    /// never has to compare identifiers.
+    pub fn subscription_id(&self) -> SubscriptionId {
+        self.next_subscription.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Adds a subscription to a stream; its frames start with `prefix`.
+    pub fn subscribe(&self, stream: &str, id: SubscriptionId, session: &Session, prefix: Arc<str>) {
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        let subs = streams.entry(stream.to_string()).or_default();
-        if !subs
-            .iter()
-            .any(|s| s.session == session.id && s.prefix == prefix)
-        {
-            subs.push(Subscriber {
-                session: session.id,
+        streams.entry(stream.to_string()).or_default().insert(
+            id,
+            Subscriber {
                 prefix,
                 outbox: session.outbox.clone(),
-            });
-        }
+            },
+        );
     }
 
     /// Removes a subscription from a stream; drops the stream when nobody is left.
-    pub fn unsubscribe(&self, stream: &str, session: SessionId, prefix: &str) {
+    pub fn unsubscribe(&self, stream: &str, id: SubscriptionId) {
         let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
         if let Some(subs) = streams.get_mut(stream) {
-            subs.retain(|s| !(s.session == session && &*s.prefix == prefix));
+            subs.remove(&id);
             if subs.is_empty() {
                 streams.remove(stream);
             }
@@ -112,7 +117,7 @@ impl Hub {
             return 0;
         };
         let mut sent = 0;
-        for sub in subs {
+        for sub in subs.values() {
             if sub.outbox.push(Frame::Broadcast {
                 prefix: sub.prefix.clone(),
                 message: message.clone(),
@@ -141,7 +146,7 @@ impl Hub {
     /// Number of (stream, subscription) pairs.
     pub fn subscription_count(&self) -> usize {
         let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
-        streams.values().map(Vec::len).sum()
+        streams.values().map(HashMap::len).sum()
     }
 
     /// Ends every session of a user with a disconnect frame. Returns how many.
@@ -177,18 +182,21 @@ mod tests {
         let hub = Hub::new();
         let a = hub.open_session(Uuid::nil(), Arc::new(Outbox::new(1 << 20)));
         let b = hub.open_session(Uuid::nil(), Arc::new(Outbox::new(1 << 20)));
-        let pa1: Arc<str> = Arc::from("A1");
-        let pa2: Arc<str> = Arc::from("A2");
-        hub.subscribe("s", &a, pa1.clone());
-        hub.subscribe("s", &a, pa1.clone());
-        hub.subscribe("s", &a, pa2.clone());
-        hub.subscribe("s", &b, Arc::from("B"));
+        let (a1, a2, b1) = (
+            hub.subscription_id(),
+            hub.subscription_id(),
+            hub.subscription_id(),
+        );
+        hub.subscribe("s", a1, &a, Arc::from("A1"));
+        hub.subscribe("s", a1, &a, Arc::from("A1"));
+        hub.subscribe("s", a2, &a, Arc::from("A2"));
+        hub.subscribe("s", b1, &b, Arc::from("B"));
         assert_eq!(hub.broadcast("s", &Arc::from("m")), 3);
         assert_eq!(a.outbox.take().frames.len(), 2);
-        hub.unsubscribe("s", a.id, "A1");
+        hub.unsubscribe("s", a1);
         assert_eq!(hub.broadcast("s", &Arc::from("m")), 2);
-        hub.unsubscribe("s", a.id, "A2");
-        hub.unsubscribe("s", b.id, "B");
+        hub.unsubscribe("s", a2);
+        hub.unsubscribe("s", b1);
         assert_eq!(hub.stream_count(), 0);
     }
 }

@@ -19,7 +19,7 @@ use super::auth::{self, User};
 use super::channels::{parse_identifier, Channel, Rejection};
 use super::frame::{self, Command, DisconnectReason};
 use super::outbox::{Ending, Frame, Outbox};
-use crate::hub::Session;
+use crate::hub::{Session, SubscriptionId};
 use crate::state::State;
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -31,9 +31,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// One subscription held by a session.
 #[derive(Debug)]
 struct Subscription {
+    id: SubscriptionId,
     channel: Channel,
     streams: Vec<String>,
-    prefix: Arc<str>,
 }
 
 /// Runs a connection to its end. `token` is the raw `token` query parameter, if any.
@@ -178,10 +178,11 @@ impl Connection {
             Ok(channel) => {
                 let streams = channel.streams(&self.user, &self.state.config.app_name);
                 let prefix: Arc<str> = Arc::from(frame::broadcast_prefix(&identifier));
+                let id = self.state.hub.subscription_id();
                 for stream in &streams {
                     self.state
                         .hub
-                        .subscribe(stream, &self.session, prefix.clone());
+                        .subscribe(stream, id, &self.session, prefix.clone());
                 }
                 outbox.push(Frame::Text(frame::confirm(&identifier)));
                 if let Channel::Fight { fight_id } = channel {
@@ -190,9 +191,9 @@ impl Connection {
                 self.subscriptions.insert(
                     identifier,
                     Subscription {
+                        id,
                         channel,
                         streams,
-                        prefix,
                     },
                 );
             }
@@ -230,9 +231,7 @@ impl Connection {
 
     fn detach(&self, sub: Subscription) {
         for stream in &sub.streams {
-            self.state
-                .hub
-                .unsubscribe(stream, self.session.id, &sub.prefix);
+            self.state.hub.unsubscribe(stream, sub.id);
         }
         if let Channel::Fight { fight_id } = sub.channel {
             self.state.presence.leave(fight_id, self.user.id);
