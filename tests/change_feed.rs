@@ -687,3 +687,19 @@ async fn postgres_restarted_clients_stay_and_the_gap_is_reloaded() {
     drop(writer);
     cluster.remove().await.expect("cluster removed");
 }
+
+#[tokio::test]
+async fn a_row_that_cannot_be_rendered_still_sends_the_reload() {
+    let s = setup().await;
+    let mut w = Watcher::new(s.relay.addr, s.user, s.a, s.b, None).await;
+    // A column of a type the renderer cannot read (production drift): the row fails to render.
+    s.db.client()
+        .await
+        .batch_execute("ALTER TABLE characters ALTER COLUMN wealth TYPE integer USING NULL")
+        .await
+        .unwrap();
+    exec(&s.db, "INSERT INTO characters (id, name, wealth, campaign_id, created_at, updated_at) VALUES ($1, 'Odd', 5, $2, now(), now())", Uuid::new_v4(), Some(s.a)).await;
+    assert_eq!(w.take(1).await, [("A", r#"{"characters":"reload"}"#.to_string())]);
+    w.quiet().await;
+    s.relay.shutdown();
+}
