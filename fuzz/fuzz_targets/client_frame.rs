@@ -1,0 +1,9 @@
+#![no_main]
+//! Fuzz target `client_frame`: see `fuzz/checks.rs` for what is checked.
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    checks::client_frame(data);
+});

@@ -1,0 +1,9 @@
+#![no_main]
+//! Fuzz target `identifier`: see `fuzz/checks.rs` for what is checked.
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    checks::identifier(data);
+});
