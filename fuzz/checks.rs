@@ -116,7 +116,7 @@ pub fn notify_payload(data: &[u8]) {
             // The dispatcher re-encodes the message; what the parser took as JSON must
             // re-encode (or it would be dropped with a warning).
             let mut out = String::new();
-            if serde_json::from_str::<serde_json::de::IgnoredAny>(&message).is_ok() {
+            if serde_json::from_str::<serde_json::Value>(&message).is_ok() {
                 reencode(&mut out, &message).expect("a message the parser accepted re-encodes");
             }
         }
@@ -208,11 +208,12 @@ pub fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
                 _ => false,
             }
         }
-        (Array(x), Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_value(p, q)),
+        (Array(x), Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_value(p, q))
+        }
         (Object(x), Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .zip(y)
                     .all(|((kp, p), (kq, q))| kp == kq && same_value(p, q))
         }

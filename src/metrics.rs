@@ -106,6 +106,19 @@ impl Metrics {
         histogram!("pgcable_reread_seconds").record(took.as_secs_f64());
     }
 
+    /// A message went to the hub; `at` is when the writer's statement ran (µs since the epoch).
+    pub fn commit_to_send(&self, at: Option<i64>) {
+        let Some(at) = at else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(at);
+        let seconds = (now - at).max(0) as f64 / 1e6;
+        histogram!("pgcable_commit_to_send_seconds").record(seconds);
+    }
+
     /// NOTIFY queue usage (0..1) as reported by Postgres.
     pub fn notify_queue_usage(&self, usage: f64) {
         gauge!("pgcable_notify_queue_usage").set(usage);

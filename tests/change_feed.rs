@@ -699,7 +699,10 @@ async fn a_row_that_cannot_be_rendered_still_sends_the_reload() {
         .await
         .unwrap();
     exec(&s.db, "INSERT INTO characters (id, name, wealth, campaign_id, created_at, updated_at) VALUES ($1, 'Odd', 5, $2, now(), now())", Uuid::new_v4(), Some(s.a)).await;
-    assert_eq!(w.take(1).await, [("A", r#"{"characters":"reload"}"#.to_string())]);
+    assert_eq!(
+        w.take(1).await,
+        [("A", r#"{"characters":"reload"}"#.to_string())]
+    );
     w.quiet().await;
     s.relay.shutdown();
 }

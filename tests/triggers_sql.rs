@@ -75,14 +75,20 @@ async fn triggers_commands_are_idempotent_and_leave_data_alone() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(count, 9, "three triggers on each of three tables, no duplicates");
+    assert_eq!(
+        count, 9,
+        "three triggers on each of three tables, no duplicates"
+    );
     for _ in 0..2 {
         let (ok, text) = pgcable(&["triggers", "uninstall"], &db.url);
         assert!(ok, "{text}");
     }
     let c = db.client().await;
     let schema: bool = c
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgcable')", &[])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgcable')",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

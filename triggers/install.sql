@@ -93,6 +93,7 @@ BEGIN
     END IF;
     payload := '{"k":"b","s":' || pg_catalog.to_json(stream)::text
             || ',"n":' || pg_catalog.nextval('pgcable.nonce'::pg_catalog.regclass)::text
+            || ',"a":' || (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::bigint::text
             || ',"m":' || message::text || '}';
     -- Postgres rejects NOTIFY payloads of 8000 bytes or more (failing the transaction); stay
     -- well below and hand anything larger over through a table.
@@ -101,7 +102,7 @@ BEGIN
     ELSE
         INSERT INTO pgcable.messages (stream, message) VALUES (stream, message)
             RETURNING id INTO msg_id;
-        PERFORM pg_catalog.pg_notify('pgcable', '{"k":"t","id":' || msg_id::text || '}');
+        PERFORM pg_catalog.pg_notify('pgcable', '{"k":"t","id":' || msg_id::text || ',"a":' || (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000000)::bigint::text || '}');
     END IF;
 END
 $$;
@@ -137,7 +138,10 @@ CREATE OR REPLACE FUNCTION pgcable.row_changes() RETURNS trigger
     LANGUAGE plpgsql VOLATILE
     AS $$
 DECLARE
-    head text := '{"k":"r","t":"' || TG_TABLE_NAME || '","c":[';
+    -- "a": when the transaction started, in microseconds since the epoch (the relay's
+    -- commit-to-send latency metric starts there). The transaction's start rather than the
+    -- statement's, so that Postgres still folds identical payloads of one transaction.
+    head text := '{"k":"r","t":"' || TG_TABLE_NAME || '","a":' || (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::bigint::text || ',"c":[';
     body text;      -- the entries, comma-separated
     budget integer; -- the most bytes of entries one payload may carry
     bytes bytea;

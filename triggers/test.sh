@@ -41,11 +41,13 @@ expect_any() {
      actual: $(printf '%q' "$actual")"
 }
 
-# notifs [psql args] <<SQL : run SQL in a session that LISTENs pgcable; print one payload a line
-notifs() {
+# raw_notifs [psql args] <<SQL : run SQL in a session that LISTENs pgcable; print one payload a line
+raw_notifs() {
     { echo 'LISTEN pgcable;'; cat; } | psql -X -q -v ON_ERROR_STOP=1 -d "$db" "$@" -f - 2>&1 \
         | sed -n 's/^Asynchronous notification "pgcable" with payload "\(.*\)" received from server process with PID [0-9]*\.$/\1/p'
 }
+# notifs: the same without the statement time ("a":<µs>), which differs on every run
+notifs() { raw_notifs "$@" | sed 's/,"a":[0-9]*//'; }
 q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"; }
 
 [ -f "$schema" ] || { echo "test.sh: $schema not found" >&2; exit 1; }
@@ -110,6 +112,10 @@ R='{"k":"r","t":"characters","c":'
 
 expect "insert" "$R[[\"i\",\"$ID\",\"$C1\",null]]}" "$(notifs <<SQL
 INSERT INTO characters (id, name, created_at, updated_at, campaign_id) VALUES ('$ID', 'A', now(), now(), '$C1');
+SQL
+)"
+expect "each payload says when its statement ran (microseconds)" 1 "$(raw_notifs <<SQL | grep -c '^{"k":"r","t":"characters","a":[0-9]\{16\},"c":'
+UPDATE characters SET name = 'timed' WHERE id = '$ID';
 SQL
 )"
 expect "update" "$R[[\"u\",\"$ID\",\"$C1\"]]}" "$(notifs <<SQL
@@ -322,7 +328,7 @@ expect "two identical broadcasts in one transaction: two NOTIFYs" 2 "$(grep -c '
 expect "... that differ only in the nonce" 1 "$(sed 's/"n":[0-9]*/"n":N/' <<<"$out" | sort -u | wc -l)"
 
 out=$(notifs <<'SQL'
-SELECT pgcable.broadcast('big', to_jsonb(repeat('x', 6950)));
+SELECT pgcable.broadcast('big', to_jsonb(repeat('x', 6930)));
 SELECT pgcable.broadcast('big', to_jsonb(repeat('x', 6990)));
 SQL
 )

@@ -39,6 +39,8 @@ struct Work {
     left: BTreeSet<Uuid>,
     /// A fight changed more than `updated_at`: `{"fight":"updated"}` to `fight_<id>`.
     fight_updated: bool,
+    /// When the oldest change folded in here was written (µs since the epoch).
+    since: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -76,8 +78,8 @@ impl Coalescer {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds the changes of one statement.
-    pub fn push(&self, changes: Vec<RowChange>) -> (usize, usize) {
+    /// Adds the changes of one statement, written at `at` (µs since the epoch).
+    pub fn push(&self, changes: Vec<RowChange>, at: Option<i64>) -> (usize, usize) {
         let mut queue = self.lock();
         let (mut added, mut folded) = (0, 0);
         for change in changes {
@@ -89,6 +91,10 @@ impl Coalescer {
             let is_new = !queue.pending.contains_key(&key);
             let work = queue.pending.entry(key).or_default();
             fold(work, &change);
+            work.since = match (work.since, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if is_new {
                 queue.order.push_back(key);
                 added += 1;
@@ -279,6 +285,9 @@ async fn process(state: &State, table: Table, batch: Vec<(Uuid, Work)>) {
     let reload = reload_message(table);
     for campaign in reloads {
         send_encoded(state, &format!("campaign_{campaign}"), reload.clone());
+    }
+    for (_, work) in &batch {
+        state.metrics.commit_to_send(work.since);
     }
 }
 

@@ -84,11 +84,15 @@ pub enum Event {
         stream: String,
         /// The message as JSON text (Postgres jsonb output).
         message: String,
+        /// When the writer's statement ran (µs since the epoch), if the triggers say.
+        at: Option<i64>,
     },
     /// `pgcable.broadcast` whose message waits in `pgcable.messages`.
     Stored {
         /// Its row id.
         id: i64,
+        /// When the writer's statement ran.
+        at: Option<i64>,
     },
     /// `pgcable.disconnect`.
     Disconnect {
@@ -97,8 +101,8 @@ pub enum Event {
         /// Whether the client may reconnect.
         reconnect: bool,
     },
-    /// Row changes from one statement.
-    Rows(Vec<RowChange>),
+    /// Row changes from one statement, and when it ran (µs since the epoch).
+    Rows(Vec<RowChange>, Option<i64>),
 }
 
 #[derive(Deserialize)]
@@ -108,6 +112,7 @@ struct Raw<'a> {
     #[serde(borrow)]
     m: Option<&'a RawValue>,
     id: Option<i64>,
+    a: Option<i64>,
     u: Option<Uuid>,
     r: Option<bool>,
     t: Option<&'a str>,
@@ -122,9 +127,11 @@ pub fn parse(payload: &str) -> Result<Event, String> {
         "b" => Ok(Event::Broadcast {
             stream: raw.s.ok_or("broadcast without stream")?,
             message: raw.m.ok_or("broadcast without message")?.get().to_string(),
+            at: raw.a,
         }),
         "t" => Ok(Event::Stored {
             id: raw.id.ok_or("stored broadcast without id")?,
+            at: raw.a,
         }),
         "d" => Ok(Event::Disconnect {
             user: raw.u.ok_or("disconnect without user")?,
@@ -140,7 +147,7 @@ pub fn parse(payload: &str) -> Result<Event, String> {
                 .into_iter()
                 .map(|e| row_change(table, e))
                 .collect::<Result<Vec<_>, _>>()
-                .map(Event::Rows)
+                .map(|rows| Event::Rows(rows, raw.a))
         }
         other => Err(format!("unknown payload kind {other:?}")),
     }
@@ -194,13 +201,17 @@ mod tests {
     #[test]
     fn parses_each_kind() {
         assert_eq!(
-            parse(r#"{"k":"b","n":1,"s":"campaign_x","m":{"a": [1, 2]}}"#),
+            parse(r#"{"k":"b","n":1,"s":"campaign_x","a":5,"m":{"a": [1, 2]}}"#),
             Ok(Event::Broadcast {
                 stream: "campaign_x".into(),
-                message: r#"{"a": [1, 2]}"#.into()
+                message: r#"{"a": [1, 2]}"#.into(),
+                at: Some(5),
             })
         );
-        assert_eq!(parse(r#"{"k":"t","id":7}"#), Ok(Event::Stored { id: 7 }));
+        assert_eq!(
+            parse(r#"{"k":"t","id":7}"#),
+            Ok(Event::Stored { id: 7, at: None })
+        );
         let u = "00000000-0000-4000-8000-000000000001";
         assert_eq!(
             parse(&format!(r#"{{"k":"d","u":"{u}","r":false}}"#)),
@@ -214,7 +225,7 @@ mod tests {
             r#"{{"k":"r","t":"fights","c":[["u","{u}","{c}"],["d","{u}",null,"{c}"]]}}"#
         ))
         .unwrap();
-        let Event::Rows(rows) = ev else { panic!() };
+        let Event::Rows(rows, _) = ev else { panic!() };
         assert_eq!(rows[0].action, Action::Update);
         assert_eq!(rows[0].old_campaign, rows[0].new_campaign);
         assert_eq!(rows[1].action, Action::Delete);

@@ -32,10 +32,15 @@ pub async fn dispatch(
             Item::Notification(payload) => {
                 state.metrics.notification();
                 match event::parse(&payload) {
-                    Ok(Event::Broadcast { stream, message }) => {
-                        broadcast(&state, &stream, &message)
+                    Ok(Event::Broadcast {
+                        stream,
+                        message,
+                        at,
+                    }) => {
+                        broadcast(&state, &stream, &message);
+                        state.metrics.commit_to_send(at);
                     }
-                    Ok(Event::Stored { id }) => stored_broadcast(&state, id).await,
+                    Ok(Event::Stored { id, at }) => stored_broadcast(&state, id, at).await,
                     Ok(Event::Disconnect { user, reconnect }) => {
                         let n =
                             state
@@ -43,8 +48,8 @@ pub async fn dispatch(
                                 .disconnect_user(user, DisconnectReason::Remote, reconnect);
                         tracing::info!(%user, connections = n, "disconnect requested from SQL");
                     }
-                    Ok(Event::Rows(changes)) => {
-                        let (_, folded) = rows.push(changes);
+                    Ok(Event::Rows(changes, at)) => {
+                        let (_, folded) = rows.push(changes, at);
                         state.metrics.coalesced(folded as u64);
                     }
                     Err(e) => tracing::warn!(error = %e, "notification ignored"),
@@ -70,10 +75,14 @@ pub fn send_encoded(state: &State, stream: &str, message: Arc<str>) {
     state.metrics.broadcast(frames);
 }
 
-async fn stored_broadcast(state: &State, id: i64) {
+async fn stored_broadcast(state: &State, id: i64, at: Option<i64>) {
     for attempt in 0..3 {
         match fetch_stored(state, id).await {
-            Ok(Some((stream, message))) => return broadcast(state, &stream, &message),
+            Ok(Some((stream, message))) => {
+                broadcast(state, &stream, &message);
+                state.metrics.commit_to_send(at);
+                return;
+            }
             Ok(None) => {
                 tracing::warn!(id, "stored broadcast not found (already cleaned up?)");
                 return;
