@@ -120,7 +120,7 @@ pub fn notify_payload(data: &[u8]) {
                 reencode(&mut out, &message).expect("a message the parser accepted re-encodes");
             }
         }
-        Ok(Event::Rows(rows)) => {
+        Ok(Event::Rows(rows, ..)) => {
             for row in rows {
                 use pgcable::feed::event::Action;
                 match row.action {

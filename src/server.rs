@@ -129,10 +129,12 @@ async fn drive(
     mut shutdown: Shutdown,
 ) {
     tokio::pin!(serve);
-    tokio::select! {
-        _ = &mut serve => {}
-        _ = shutdown.wait() => {}
-    }
+    // Both fire on the same signal; remember whether the server already finished, because
+    // polling a finished `async fn` again panics.
+    let served = tokio::select! {
+        _ = &mut serve => true,
+        _ = shutdown.wait() => false,
+    };
     // Stop accepting first (the listener is dropped by the graceful server), then tell every
     // client to come back later and wait for them to go.
     state
@@ -142,7 +144,9 @@ async fn drive(
     while state.hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = tokio::time::timeout_at(deadline, serve).await;
+    if !served {
+        let _ = tokio::time::timeout_at(deadline, serve).await;
+    }
     let left = state.hub.session_count();
     if left > 0 {
         tracing::warn!(

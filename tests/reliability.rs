@@ -64,9 +64,9 @@ fn seed() -> u64 {
     seed
 }
 
-/// Heavy runs serialize with each other and with the light ones of this file that make timing
-/// claims, so two of them never share the machine's two cores.
-static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Tests that make timing claims (and every heavy run) take this for writing, so nothing else
+/// of this file shares the machine's two cores with them; the others share it for reading.
+static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// `GET path` → (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -853,6 +853,72 @@ fn lock(s: &Mutex<ClientState>) -> std::sync::MutexGuard<'_, ClientState> {
 // ---------------------------------------------------------------------------------------------
 // Counted delivery: the run and the checker
 
+/// Changes one row of every table in every campaign in one transaction and commits it while
+/// the relay's listener is not connected (with `kill`, after terminating it). Returns whether
+/// the commit provably fell in the gap: no listener connection existed even after it.
+async fn gap_writes(url: &str, load: &Workload, round: usize, kill: bool) -> bool {
+    let listeners = "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'pgcable-listener' AND datname = current_database()";
+    let mut db = connect(url).await;
+    let tx = db.transaction().await.expect("begin");
+    let mut done = Vec::new();
+    for &c in &load.campaigns {
+        for t in TABLES {
+            let pick = format!(
+                "SELECT id FROM {} WHERE campaign_id = $1 ORDER BY id LIMIT 1 FOR UPDATE",
+                t.plural()
+            );
+            let Some(row) = tx.query_opt(&pick, &[&c]).await.expect("pick a row") else {
+                continue;
+            };
+            let id: Uuid = row.get(0);
+            let name = format!("gap{round}-{}", &id.simple().to_string()[..12]);
+            let r = tx
+                .query_one(&t.update_sql(), &[&id, &name])
+                .await
+                .expect("gap update");
+            done.push((
+                name,
+                Version {
+                    table: t,
+                    id,
+                    version: r.get(0),
+                    campaign: r.get(1),
+                },
+            ));
+        }
+    }
+    if kill {
+        let admin = connect(url).await;
+        terminate_listener(&admin).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while admin
+            .query_one(listeners, &[])
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(1)
+            > 0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the terminated listener does not go away"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    tx.commit().await.expect("gap commit");
+    let after: i64 = db
+        .query_one(listeners, &[])
+        .await
+        .expect("listeners")
+        .get(0);
+    let mut ledger = load.ledger();
+    for (name, v) in done {
+        ledger.committed.insert(name, v);
+    }
+    after == 0
+}
+
 enum Fault {
     /// `pg_terminate_backend` of the relay's listener this many times, evenly spread.
     KillListener(usize),
@@ -980,6 +1046,28 @@ async fn counted_delivery(url: &str, cluster: Option<&pgcable::dev::Cluster>, sc
     let wrote_for = started.elapsed();
     flags.settle.store(true, Ordering::Relaxed);
 
+    // The last changes fall in a listener gap, with nothing written after them: only the gap
+    // reloads can tell the clients (changes in earlier gaps may be healed by later reloads).
+    let mut gaps = Vec::new();
+    if let (Fault::RestartPostgres(down), Some(cluster)) = (&sc.fault, cluster) {
+        cluster.stop_server().await.expect("stop postgres");
+        tokio::time::sleep(*down).await;
+        cluster.start_server().await.expect("start postgres");
+        // Best effort: the relay's listener is usually still backing off.
+        gaps.push(gap_writes(url, &load, 0, false).await);
+        faults += 1;
+    }
+    let mut in_gap = false;
+    for round in 1..=5 {
+        if gap_writes(url, &load, round, true).await {
+            in_gap = true;
+            break;
+        }
+    }
+    assert!(in_gap, "could not commit while the listener was away");
+    gaps.push(true);
+    faults += 1;
+
     // The database's final state, per campaign and table.
     let admin = connect(url).await;
     let mut truth: HashMap<Uuid, [BTreeMap<Uuid, String>; 3]> = HashMap::new();
@@ -1071,6 +1159,9 @@ async fn counted_delivery(url: &str, cluster: Option<&pgcable::dev::Cluster>, sc
         c.await.expect("client task");
     }
 
+    relay.shutdown();
+    relay.stopped().await;
+
     // Every payload was a committed state of that row, in that campaign, in per-row order.
     let ledger = load.ledger();
     let (mut payloads, mut reloads, mut connections, mut refused, mut rejected) = (0, 0, 0, 0, 0);
@@ -1126,19 +1217,17 @@ async fn counted_delivery(url: &str, cluster: Option<&pgcable::dev::Cluster>, sc
     println!(
         "counted delivery: {} writers × {:?}: {} commits, {} rollbacks, {} failed transactions ({} maybe-committed states); \
          {} clients on {} campaigns: {} payloads, {} reloads refetched, {} connections ({} refused, {} subscriptions rejected); \
-         {} faults; converged {:?} after the last write; all views equal the database, every payload a committed state in order",
+         {} faults (final gap writes in the gap: {:?}); converged {:?} after the last write; all views equal the database, every payload a committed state in order",
         sc.writers, wrote_for, ledger.commits, ledger.rollbacks, ledger.failed, ledger.maybe.len(),
         specs.len(), load.campaigns.len(), payloads, reloads, connections, refused, rejected,
-        faults, settled_at.duration_since(started + wrote_for),
+        faults, gaps, settled_at.duration_since(started + wrote_for),
     );
     assert!(ledger.commits > 20, "too few commits for a meaningful run");
-    relay.shutdown();
-    relay.stopped().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counted_delivery_with_the_listener_killed() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.read().await;
     let db = TestDb::create().await;
     counted_delivery(
         &db.url,
@@ -1147,7 +1236,7 @@ async fn counted_delivery_with_the_listener_killed() {
             writers: 3,
             campaigns: 3,
             rows_per_table: 6,
-            write_for: Duration::from_secs(5),
+            write_for: Duration::from_secs(3),
             max_tx_per_writer: 1500,
             clients: 6,
             fault: Fault::KillListener(2),
@@ -1158,7 +1247,7 @@ async fn counted_delivery_with_the_listener_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counted_delivery_with_postgres_restarted() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.read().await;
     let (cluster, url) = private_cluster().await;
     let cluster = ClusterGuard(Some(cluster));
     counted_delivery(
@@ -1168,10 +1257,10 @@ async fn counted_delivery_with_postgres_restarted() {
             writers: 3,
             campaigns: 3,
             rows_per_table: 6,
-            write_for: Duration::from_secs(6),
+            write_for: Duration::from_secs(4),
             max_tx_per_writer: 1500,
             clients: 6,
-            fault: Fault::RestartPostgres(Duration::from_secs(2)),
+            fault: Fault::RestartPostgres(Duration::from_millis(1500)),
         },
     )
     .await;
@@ -1180,7 +1269,7 @@ async fn counted_delivery_with_postgres_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: run with --ignored (docs/reliability.md)"]
 async fn heavy_counted_delivery_with_the_listener_killed() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.write().await;
     let db = TestDb::create().await;
     counted_delivery(
         &db.url,
@@ -1201,7 +1290,7 @@ async fn heavy_counted_delivery_with_the_listener_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: run with --ignored (docs/reliability.md)"]
 async fn heavy_counted_delivery_with_postgres_restarted() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.write().await;
     let (cluster, url) = private_cluster().await;
     let cluster = ClusterGuard(Some(cluster));
     counted_delivery(
@@ -1294,6 +1383,15 @@ async fn postgres_outage(down: Duration) {
             checks += 1;
         }
     }
+    // A client that (re)connects now cannot be authenticated: it must be told to come back,
+    // not that it is unauthorized (`reconnect:false` makes the official client give up).
+    let mut late = common::Cable::open(relay.addr, &token(user)).await;
+    assert_eq!(
+        late.next_text().await,
+        r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#,
+        "a client connecting during the outage"
+    );
+    drop(late);
     let expected_pings = (down.as_secs() / 3).saturating_sub(1) as usize;
     assert!(
         pings >= expected_pings.max(1),
@@ -1327,20 +1425,20 @@ async fn postgres_outage(down: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_5s_clients_stay_not_ready_then_gap_repaired_within_2s() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.write().await;
     postgres_outage(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: run with --ignored (docs/reliability.md)"]
 async fn heavy_postgres_down_30s_clients_stay_not_ready_then_gap_repaired_within_2s() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.write().await;
     postgres_outage(Duration::from_secs(30)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_terminated_clients_stay_and_the_gap_is_repaired_within_2s() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.write().await;
     let db = TestDb::create().await;
     let user = db.user(false).await;
     let campaign = db.campaign(user).await;
@@ -1349,7 +1447,7 @@ async fn listener_terminated_clients_stay_and_the_gap_is_repaired_within_2s() {
     let mut c = common::Cable::welcomed(relay.addr, &token(user)).await;
     c.subscribed(&identifier).await;
     let admin = db.client().await;
-    for round in 1..=3 {
+    for round in 1..=2 {
         assert_eq!(
             terminate_listener(&admin).await,
             1,
@@ -1357,10 +1455,10 @@ async fn listener_terminated_clients_stay_and_the_gap_is_repaired_within_2s() {
         );
         let took = gap_reloads(&mut c, &identifier, Duration::from_secs(2)).await;
         println!("listener terminated (round {round}): gap reloads after {took:?}");
-        // Still connected: pings keep coming.
-        let (pings, other) = frames_for(&mut c, Duration::from_millis(3100)).await;
-        assert!(pings >= 1 && other.is_empty(), "{pings} pings, {other:?}");
     }
+    // Still connected: pings keep coming.
+    let (pings, other) = frames_for(&mut c, Duration::from_millis(3100)).await;
+    assert!(pings >= 1 && other.is_empty(), "{pings} pings, {other:?}");
     assert_eq!(http_get(relay.addr, "/ready").await.0, 200);
     relay.shutdown();
     relay.stopped().await;
@@ -1400,7 +1498,7 @@ async fn notify_burst(db: &Client, stream: &str, n: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocked_rereads_do_not_stop_the_listener_or_other_campaigns() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.read().await;
     let (cluster, url) = private_cluster().await;
     let _cluster = ClusterGuard(Some(cluster));
     let admin = connect(&url).await;
@@ -1522,8 +1620,10 @@ async fn blocked_rereads_do_not_stop_the_listener_or_other_campaigns() {
     // Control: a LISTEN session stuck in a transaction holds the queue; the same bursts fill it.
     // (Shows the probe above would have seen a stuck listener.)
     let stuck = connect(&url).await;
+    stuck.batch_execute("LISTEN pgcable").await.expect("listen");
+    // Inside a transaction a session reads no notifications: it holds the queue's tail.
     stuck
-        .batch_execute("LISTEN pgcable; BEGIN; SELECT 1")
+        .batch_execute("BEGIN; SELECT 1")
         .await
         .expect("stuck listener");
     for _ in 0..BURSTS {
@@ -1781,9 +1881,15 @@ async fn writers_never_hurt(phase: Duration) {
     let baseline = table[0].1;
     for (label, rate, failed, _) in &table {
         assert_eq!(*failed, 0, "{label}: writer transactions failed");
-        // Generous: the relay shares two cores with the writers and the database here.
+        // Sanity only, and generous: a running relay shares the two cores with the writers and
+        // the database here (it re-reads every change); a stalled or dead one costs no CPU.
+        let floor = if label.starts_with("relay running") {
+            0.1
+        } else {
+            0.2
+        };
         assert!(
-            *rate > baseline * 0.2,
+            *rate > baseline * floor,
             "{label}: {rate:.0} commits/s against {baseline:.0} without the relay"
         );
     }
@@ -1791,13 +1897,13 @@ async fn writers_never_hurt(phase: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_keep_committing_while_the_relay_runs_stalls_or_dies() {
-    let _one = EXCLUSIVE.lock().await;
-    writers_never_hurt(Duration::from_secs(2)).await;
+    let _one = EXCLUSIVE.write().await;
+    writers_never_hurt(Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "heavy: run with --ignored (docs/reliability.md)"]
 async fn heavy_writers_keep_committing_while_the_relay_runs_stalls_or_dies() {
-    let _one = EXCLUSIVE.lock().await;
+    let _one = EXCLUSIVE.write().await;
     writers_never_hurt(Duration::from_secs(20)).await;
 }

@@ -42,13 +42,18 @@ pub async fn run(ws: WebSocket, state: Arc<State>, token: Option<String>) {
     let user = match auth::authenticate(&state.pool, &state.auth, token.as_deref()).await {
         Ok(user) => user,
         Err(e) => {
-            tracing::info!(reason = %e, "connection refused: unauthorized");
             state.metrics.rejected_auth(e.label());
+            // A database that cannot be asked says nothing about the token: tell the client to
+            // come back (the official client never reconnects after `reconnect:false`).
+            let (reason, reconnect) = if matches!(e, auth::AuthError::Database(_)) {
+                tracing::warn!(reason = %e, "connection refused for now: the database is unreachable");
+                (DisconnectReason::ServerRestart, true)
+            } else {
+                tracing::info!(reason = %e, "connection refused: unauthorized");
+                (DisconnectReason::Unauthorized, false)
+            };
             let _ = sink
-                .send(Message::text(frame::disconnect(
-                    DisconnectReason::Unauthorized,
-                    false,
-                )))
+                .send(Message::text(frame::disconnect(reason, reconnect)))
                 .await;
             let _ = sink.send(Message::close_with(1000u16, "")).await;
             drain(&mut source).await;
@@ -68,6 +73,7 @@ pub async fn run(ws: WebSocket, state: Arc<State>, token: Option<String>) {
         user,
         session: session.clone(),
         subscriptions: HashMap::new(),
+        unreadable: false,
     };
     let reason = conn.read_loop(&mut source).await;
     conn.unsubscribe_all();
@@ -82,7 +88,15 @@ pub async fn run(ws: WebSocket, state: Arc<State>, token: Option<String>) {
         _ = &mut writer => {}
         _ = tokio::time::sleep(CLOSE_GRACE) => writer.abort(),
     }
-    let _ = tokio::time::timeout(CLOSE_GRACE, drain(&mut source)).await;
+    if conn.unreadable {
+        // The socket can no longer be read (an oversized or invalid frame), so it cannot be
+        // drained: hold it open for the grace period instead, so the client reads our close
+        // frame before the unread bytes make the kernel reset the connection (the client would
+        // see 1006 and lose the close frame).
+        tokio::time::sleep(CLOSE_GRACE).await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_GRACE, drain(&mut source)).await;
+    }
 }
 
 async fn drain(source: &mut Source) {
@@ -97,6 +111,9 @@ struct Connection {
     user: User,
     session: Arc<Session>,
     subscriptions: HashMap<String, Subscription>,
+    /// A bad frame ended the connection: the socket can no longer be read, so it cannot be
+    /// drained before closing.
+    unreadable: bool,
 }
 
 impl Connection {
@@ -133,8 +150,18 @@ impl Connection {
                     Some(Err(e)) => {
                         let text = e.to_string();
                         if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") || text.contains("Frame too big") || text.contains("apacity") {
+                            self.unreadable = true;
                             outbox.end(Ending::Close(1009, String::new()));
                             return format!("frame over the limit ({text})");
+                        }
+                        // RFC 6455 §7.4.1: 1007 for a text frame that is not UTF-8, 1002 for
+                        // other protocol violations; an I/O error gets no close frame.
+                        if text.contains("UTF-8") {
+                            self.unreadable = true;
+                            outbox.end(Ending::Close(1007, String::new()));
+                        } else if text.contains("protocol error") {
+                            self.unreadable = true;
+                            outbox.end(Ending::Close(1002, String::new()));
                         }
                         return format!("socket error: {text}");
                     }
