@@ -81,7 +81,9 @@ async fn one(
             break;
         }
         let next = (fleet.connections() + step).min(goal);
-        let result = fleet.grow_to(next, identifier, 128, left).await;
+        // Modest parallelism: a slow server (Rails) is measured for what it holds, not for how
+        // it copes with a connection storm.
+        let result = fleet.grow_to(next, identifier, 32, left).await;
         let held = fleet.connections();
         steps.push((held, target.rss_kib().unwrap_or(0)));
         ctx.progress(&format!("connections: {} holds {held}", kind.name()));

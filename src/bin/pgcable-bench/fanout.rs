@@ -90,7 +90,7 @@ impl Writer {
         pad: &str,
     ) -> Result<u64, String> {
         let stream = format!("campaign_{}", db.campaign);
-        let message = format!(r#"{{"bseq":{seq},"pad":"{pad}"}}"#);
+        let message = format!(r#"{{"q":{seq},"pad":"{pad}"}}"#);
         let result = match (variant, kind) {
             (Variant::Pipe, Kind::Rails) => {
                 self.client
@@ -187,8 +187,8 @@ pub async fn measure(
         tokio::time::sleep(plan.gap).await;
     }
     let collected = fleet.collect().await?;
-    let client_cpu = fleet.cpu_secs() - client_cpu0;
-    let server_cpu = target.cpu_secs() - server_cpu0;
+    let client_cpu = (fleet.cpu_secs() - client_cpu0).max(0.0);
+    let server_cpu = (target.cpu_secs() - server_cpu0).max(0.0);
     let frames = collected.frames.saturating_sub(frames0).max(1) as f64;
     let lat: Vec<i64> = collected
         .receipts

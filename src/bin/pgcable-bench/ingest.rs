@@ -31,8 +31,10 @@ pub struct IngestResult {
     pub target_rate: f64,
     /// Subscribers.
     pub subscribers: usize,
-    /// Campaigns they are spread over.
+    /// Campaigns whose rows change.
     pub campaigns: usize,
+    /// Campaigns the subscribers are spread over.
+    pub watched: usize,
     /// Seconds of writing.
     pub seconds: f64,
     /// Row changes committed per second.
@@ -51,6 +53,8 @@ pub struct IngestResult {
     pub relay_cpu_pct: f64,
     /// Load-client CPU, percent of one core.
     pub client_cpu_pct: f64,
+    /// Postgres CPU (every postgres process: writers, re-reads, other users), percent of one core.
+    pub postgres_cpu_pct: f64,
     /// Relay VmRSS at the end, MiB.
     pub relay_rss_mib: f64,
     /// `pg_notification_queue_usage()` samples (seconds since start, fraction).
@@ -76,6 +80,8 @@ pub struct IngestPlan {
     pub subscribers: usize,
     /// Campaigns.
     pub campaigns: usize,
+    /// Campaigns with subscribers (the first ones).
+    pub watched: usize,
     /// Characters per campaign.
     pub rows_per_campaign: usize,
     /// Writer sessions.
@@ -124,8 +130,9 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
     ctx.progress("ingest: starting pgcable");
     let target = Target::start(Kind::Pgcable, &ctx.env, &ctx.db).await?;
     let mut fleet = Fleet::new(&ctx.env.self_bin, target.addr, ctx.db.cable_path()?);
-    let per = plan.subscribers.div_ceil(campaigns.len());
-    for (i, c) in campaigns.iter().enumerate() {
+    let watched = plan.watched.clamp(1, campaigns.len());
+    let per = plan.subscribers.div_ceil(watched);
+    for (i, c) in campaigns.iter().take(watched).enumerate() {
         let want = ((i + 1) * per).min(plan.subscribers);
         let (_, failed, err) = fleet
             .grow_to(want, &campaign_identifier(*c), 64, ctx.connect_budget())
@@ -208,6 +215,7 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
     let sampler_db = connect(&ctx.db.url).await?;
     let relay_cpu0 = target.cpu_secs();
     let client_cpu0 = fleet.cpu_secs();
+    let pg_cpu0 = crate::sys::postgres_cpu();
     let mut queue = Vec::new();
     while started.elapsed() < plan.duration {
         if let Ok(row) = sampler_db
@@ -249,8 +257,9 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
     }
     let drain_secs = last_change.duration_since(drain_start).as_secs_f64();
     let total_secs = write_secs + drain_secs;
-    let relay_cpu = target.cpu_secs() - relay_cpu0;
-    let client_cpu = fleet.cpu_secs() - client_cpu0;
+    let relay_cpu = (target.cpu_secs() - relay_cpu0).max(0.0);
+    let client_cpu = (fleet.cpu_secs() - client_cpu0).max(0.0);
+    let pg_cpu = crate::sys::postgres_cpu_since(&pg_cpu0);
     let metrics = http_body(target.addr, "/metrics").await.unwrap_or_default();
     let relay_rss = target.rss_kib().unwrap_or(0) as f64 / 1024.0;
 
@@ -268,6 +277,7 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
         target_rate: plan.rate,
         subscribers: fleet.connections(),
         campaigns: campaigns.len(),
+        watched,
         seconds: write_secs,
         rows_per_sec: committed_rows.load(Ordering::Relaxed) as f64 / write_secs,
         statements_per_sec: commits.len() as f64 / write_secs,
@@ -277,18 +287,29 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
         latency: Latency::from_ns(lat, payloads),
         relay_cpu_pct: relay_cpu * 100.0 / total_secs,
         client_cpu_pct: client_cpu * 100.0 / total_secs,
+        postgres_cpu_pct: pg_cpu * 100.0 / total_secs,
         relay_rss_mib: relay_rss,
         queue_max: queue.iter().map(|q| q.1).fold(0.0, f64::max),
         queue_growth: writing_end_queue - first_queue,
         queue,
-        relay_notifications: metric(&metrics, "pgcable_notifications_total"),
-        relay_coalesced: metric(&metrics, "pgcable_coalesced_events_total"),
-        relay_slow_drops: metric(&metrics, "pgcable_slow_client_disconnects_total"),
+        // A counter that never moved is not exported at all.
+        relay_notifications: counter(&metrics, "pgcable_notifications_total"),
+        relay_coalesced: counter(&metrics, "pgcable_coalesced_events_total"),
+        relay_slow_drops: counter(&metrics, "pgcable_slow_client_disconnects_total"),
         drain_secs,
     };
     fleet.close().await;
     target.stop().await;
     Ok(result)
+}
+
+/// A counter from /metrics text: its value, 0 if absent, None without metrics at all.
+fn counter(text: &str, name: &str) -> Option<f64> {
+    if text.is_empty() {
+        None
+    } else {
+        Some(metric(text, name).unwrap_or(0.0))
+    }
 }
 
 /// Whether the queue stayed flat: it grew by less than 0.01 % (~800 KiB of the 8 GiB queue)
@@ -317,8 +338,8 @@ pub fn table(r: &IngestResult) -> Table {
             },
         ),
         (
-            "subscribers / campaigns",
-            format!("{} / {}", r.subscribers, r.campaigns),
+            "subscribers / watched campaigns / campaigns written",
+            format!("{} / {} / {}", r.subscribers, r.watched, r.campaigns),
         ),
         ("row changes committed /s", num(Some(r.rows_per_sec), 0)),
         (
@@ -342,6 +363,10 @@ pub fn table(r: &IngestResult) -> Table {
         (
             "load client CPU (% of one core)",
             num(Some(r.client_cpu_pct), 0),
+        ),
+        (
+            "Postgres CPU (% of one core, all its processes)",
+            num(Some(r.postgres_cpu_pct), 0),
         ),
         ("relay RSS at end (MiB)", num(Some(r.relay_rss_mib), 1)),
         (

@@ -118,8 +118,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10)]
     rows_per_statement: usize,
     /// Ingest: campaigns the subscribers are spread over.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 100)]
     campaigns: usize,
+    /// Ingest: how many of the campaigns have subscribers (default: all); the writers change
+    /// rows of every campaign.
+    #[arg(long)]
+    watched: Option<usize>,
     /// Ingest: characters per campaign.
     #[arg(long, default_value_t = 100)]
     rows_per_campaign: usize,
@@ -142,6 +146,10 @@ pub struct RunArgs {
     /// Extra settings for the relay, KEY=VALUE (repeatable), e.g. RUST_LOG=warn.
     #[arg(long = "relay-env")]
     relay_env: Vec<String>,
+    /// Postgres session options for the relay's connections, e.g.
+    /// "-c log_min_duration_statement=0" (for profiling its queries).
+    #[arg(long)]
+    relay_db_options: Option<String>,
     /// Where server logs go (default target/pgcable-bench/<time>).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -387,6 +395,7 @@ async fn scenario_ingest(ctx: &mut Ctx) {
     let plan = ingest::IngestPlan {
         subscribers: ctx.args.n.first().copied().unwrap_or(1000),
         campaigns: ctx.args.campaigns,
+        watched: ctx.args.watched.unwrap_or(ctx.args.campaigns),
         rows_per_campaign: ctx.args.rows_per_campaign,
         writers: ctx.args.writers,
         rows_per_statement: ctx.args.rows_per_statement,
@@ -561,6 +570,7 @@ async fn run(which: &str, args: RunArgs) -> Result<Results, String> {
         .log_dir
         .clone()
         .unwrap_or_else(|| crate_dir().join(format!("target/pgcable-bench/{stamp}")));
+    let ctx_options = args.relay_db_options.clone();
     let relay_env = args
         .relay_env
         .iter()
@@ -587,6 +597,7 @@ async fn run(which: &str, args: RunArgs) -> Result<Results, String> {
             rails_dir: crate_dir().join("bench/rails"),
             log_dir,
             relay_env,
+            relay_db_options: ctx_options,
         },
         db,
         args,

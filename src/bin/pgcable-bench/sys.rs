@@ -85,8 +85,35 @@ pub fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
-/// User + system CPU seconds a process has used so far (/proc/<pid>/stat).
+/// CPU seconds a process's live threads have used so far, to the microsecond (the sum of
+/// `se.sum_exec_runtime` in /proc/<pid>/task/*/sched); falls back to the 10 ms ticks of
+/// /proc/<pid>/stat where that is not available.
 pub fn cpu_secs(pid: u32) -> Result<f64, String> {
+    match sched_secs(pid) {
+        Some(s) => Ok(s),
+        None => stat_cpu_secs(pid),
+    }
+}
+
+fn sched_secs(pid: u32) -> Option<f64> {
+    let mut total = 0.0;
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(entry) = entry else { continue };
+        let Ok(text) = fs::read_to_string(entry.path().join("sched")) else {
+            continue;
+        };
+        let ms: f64 = text
+            .lines()
+            .find(|l| l.starts_with("se.sum_exec_runtime"))
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|v| v.trim().parse().ok())?;
+        total += ms / 1000.0;
+    }
+    Some(total)
+}
+
+/// User + system CPU seconds a process has used so far (/proc/<pid>/stat, 10 ms ticks).
+pub fn stat_cpu_secs(pid: u32) -> Result<f64, String> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
     // The command name may hold spaces and parentheses: count fields after the last ')'.
@@ -159,4 +186,39 @@ pub struct Machine {
     pub kernel: String,
     /// Hard RLIMIT_NOFILE of the bench process (caps connections per process).
     pub nofile_hard: u64,
+}
+
+/// CPU seconds of every `postgres` process now running, by pid (10 ms ticks).
+pub fn postgres_cpu() -> std::collections::HashMap<u32, f64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let is_pg = fs::read_to_string(entry.path().join("comm"))
+            .map(|c| c.trim() == "postgres")
+            .unwrap_or(false);
+        if is_pg {
+            if let Ok(s) = stat_cpu_secs(pid) {
+                out.insert(pid, s);
+            }
+        }
+    }
+    out
+}
+
+/// CPU seconds the `postgres` processes used between two [`postgres_cpu`] samples (processes
+/// that started in between count from zero; ones that ended are not counted).
+pub fn postgres_cpu_since(before: &std::collections::HashMap<u32, f64>) -> f64 {
+    postgres_cpu()
+        .into_iter()
+        .map(|(pid, now)| (now - before.get(&pid).copied().unwrap_or(0.0)).max(0.0))
+        .sum()
 }

@@ -49,6 +49,8 @@ pub struct Env {
     pub log_dir: PathBuf,
     /// Extra `KEY=VALUE` settings for the relay.
     pub relay_env: Vec<(String, String)>,
+    /// Postgres `options` for the relay's sessions.
+    pub relay_db_options: Option<String>,
 }
 
 /// A running server.
@@ -157,9 +159,20 @@ impl Target {
             .map_err(|e| format!("cannot open the log: {e}"))?;
         let mut cmd = match kind {
             Kind::Pgcable => {
+                let mut url = db.url.clone();
+                if let Some(o) = &env.relay_db_options {
+                    let encoded: String = percent_encoding::utf8_percent_encode(
+                        o,
+                        percent_encoding::NON_ALPHANUMERIC,
+                    )
+                    .to_string();
+                    url.push(if url.contains('?') { '&' } else { '?' });
+                    url.push_str("options=");
+                    url.push_str(&encoded);
+                }
                 let mut c = Command::new(&env.relay_bin);
                 c.arg("serve")
-                    .env("DATABASE_URL", &db.url)
+                    .env("DATABASE_URL", &url)
                     .env("DEVISE_JWT_SECRET_KEY", SECRET)
                     .env("PGCABLE_LISTEN", addr.to_string())
                     .env("PGCABLE_MAX_CONNECTIONS", "1000000")

@@ -13,7 +13,7 @@
 //!
 //! Connections are processes of their own (one tokio task each): connect from the worker's
 //! source address, upgrade, wait for the welcome, subscribe, wait for the confirmation, then
-//! read. A broadcast's sequence number is found by its marker (`"bseq":<n>` for a pipe message,
+//! read. A broadcast's sequence number is found by its marker (`{"q":<n>` for a pipe message,
 //! `"name":"bench-<n>` for a rendered character); frames with neither are counted as `other`.
 
 use std::collections::HashMap;
@@ -27,6 +27,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::sys::now_ns;
 use crate::ws::{Incoming, Socket};
+
+/// Longest time one connection may take to be upgraded, welcomed and subscribed.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Receipt shards (connections spread over them, so stamping seldom contends).
 const SHARDS: usize = 32;
@@ -100,9 +103,12 @@ impl Shared {
     }
 }
 
-/// Finds the sequence number after `marker` in `text`.
-pub fn seq_after(text: &[u8], marker: &[u8]) -> Option<u32> {
-    let mut at = text.windows(marker.len()).position(|w| w == marker)? + marker.len();
+/// The sequence number right after `marker` (and any spaces) at the start of `text`.
+fn seq_at(text: &[u8], marker: &[u8]) -> Option<u32> {
+    let mut at = marker.len();
+    if !text.starts_with(marker) {
+        return None;
+    }
     // Postgres prints jsonb as `"key": value`; the relays print it compactly.
     while text.get(at) == Some(&b' ') {
         at += 1;
@@ -114,9 +120,27 @@ pub fn seq_after(text: &[u8], marker: &[u8]) -> Option<u32> {
         .ok()
 }
 
-/// The sequence number a broadcast frame carries, if any.
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The sequence number a broadcast frame carries, if any: `{"q":<n>,…}` as the message (a
+/// pipe message; `q` sorts first in jsonb), or a character named `bench-<n>` (a row payload,
+/// whose name is its second key). Only the start of the message is looked at.
 pub fn frame_seq(text: &[u8]) -> Option<u32> {
-    seq_after(text, b"\"bseq\":").or_else(|| seq_after(text, b"\"name\":\"bench-"))
+    // The identifier is a JSON string, so the first `"message":` is the key itself.
+    let m = find(text, b"\"message\":")? + b"\"message\":".len();
+    let msg = &text[m..];
+    if let Some(seq) = seq_at(msg, b"{\"q\":") {
+        return Some(seq);
+    }
+    if msg.starts_with(b"{\"character\":{") {
+        let head = &msg[..msg.len().min(160)];
+        let at = find(head, b"\"name\":\"bench-")?;
+        return seq_at(&head[at..], b"\"name\":\"bench-");
+    }
+    None
 }
 
 /// Runs the worker until `close` or the end of stdin.
@@ -272,7 +296,8 @@ async fn open(
         while let Ok(r) = results_rx.try_recv() {
             record(r, &mut ok, &mut failed);
         }
-        if failed > 0 && failed * 20 > started.max(100) {
+        // Stop at a run of failures: a whole window of attempts, or 5 % of them.
+        if failed > 0 && (failed >= parallel.min(50) || failed * 20 > started.max(100)) {
             drop(permit);
             break;
         }
@@ -352,6 +377,9 @@ impl Conn {
         until: tokio::time::Instant,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
+        // A server that stops accepting (at its file-descriptor limit) leaves connections in
+        // the kernel's backlog: give each attempt at most SETUP_TIMEOUT.
+        let until = until.min(tokio::time::Instant::now() + SETUP_TIMEOUT);
         let setup = tokio::time::timeout_at(until, self.setup()).await;
         drop(permit);
         let mut sock = match setup {
@@ -361,7 +389,10 @@ impl Conn {
                 return;
             }
             Err(_) => {
-                let _ = results.send(Err("deadline passed while opening".into()));
+                let _ = results.send(Err(format!(
+                    "not upgraded, welcomed and subscribed within {} s",
+                    SETUP_TIMEOUT.as_secs()
+                )));
                 return;
             }
         };
@@ -409,14 +440,17 @@ mod tests {
     #[test]
     fn finds_sequence_numbers() {
         assert_eq!(
-            frame_seq(br#"{"identifier":"x","message":{"bseq":42,"pad":"y"}}"#),
+            frame_seq(br#"{"identifier":"{\"id\":1}","message":{"q":42,"pad":"y"}}"#),
             Some(42)
         );
         assert_eq!(
             frame_seq(br#"{"identifier":"x","message":{"character":{"id":"a","name":"bench-7","active":true}}}"#),
             Some(7)
         );
-        assert_eq!(frame_seq(br#"{"pad": "y", "bseq": 9}"#), Some(9));
+        assert_eq!(
+            frame_seq(br#"{"identifier":"x","message":{"q": 9, "pad": "y"}}"#),
+            Some(9)
+        );
         assert_eq!(
             frame_seq(br#"{"identifier":"x","message":{"characters":"reload"}}"#),
             None
