@@ -136,6 +136,8 @@ pub struct Round {
     pub server_us_per_frame: f64,
     /// Seconds spent opening the connections up to this N.
     pub connect_secs: f64,
+    /// Average size of a received frame, bytes.
+    pub frame_bytes: f64,
 }
 
 /// How a measurement runs.
@@ -167,7 +169,8 @@ pub async fn measure(
     let pad = "x".repeat(ctx.args.payload_bytes);
     let client_cpu0 = fleet.cpu_secs();
     let server_cpu0 = target.cpu_secs();
-    let frames0 = fleet.collect().await?.frames;
+    let before = fleet.collect().await?;
+    let (frames0, bytes0) = (before.frames, before.bytes);
     let started = Instant::now();
     let mut commits: HashMap<u32, u64> = HashMap::new();
     let mut timeouts = 0;
@@ -190,6 +193,7 @@ pub async fn measure(
     let client_cpu = (fleet.cpu_secs() - client_cpu0).max(0.0);
     let server_cpu = (target.cpu_secs() - server_cpu0).max(0.0);
     let frames = collected.frames.saturating_sub(frames0).max(1) as f64;
+    let frame_bytes = collected.bytes.saturating_sub(bytes0) as f64 / frames;
     let lat: Vec<i64> = collected
         .receipts
         .iter()
@@ -205,6 +209,7 @@ pub async fn measure(
         client_us_per_frame: client_cpu * 1e6 / frames,
         server_us_per_frame: server_cpu * 1e6 / frames,
         connect_secs,
+        frame_bytes,
     })
 }
 
@@ -326,6 +331,7 @@ pub fn tables(rounds: &[Round], title: &str) -> Vec<Table> {
             "p95",
             "p99",
             "max",
+            "frame B",
             "client µs/frame",
             "server µs/frame",
             "connect s",
@@ -347,6 +353,7 @@ pub fn tables(rounds: &[Round], title: &str) -> Vec<Table> {
             ms(r.latency.p95_ms),
             ms(r.latency.p99_ms),
             ms(r.latency.max_ms),
+            num(Some(r.frame_bytes), 0),
             num(Some(r.client_us_per_frame), 1),
             num(Some(r.server_us_per_frame), 1),
             num(Some(r.connect_secs), 1),

@@ -16,12 +16,14 @@ use tokio::sync::mpsc;
 
 use crate::sys;
 
-/// Source addresses handed out so far in this run (each worker gets a fresh one, so ports in
-/// TIME_WAIT from an earlier scenario are never in the way).
-static NEXT_SOURCE: AtomicU32 = AtomicU32::new(0);
+/// Source addresses handed out so far in this run. Each worker gets a fresh one (starting at a
+/// random place, so that a run right after another does not meet its TIME_WAITs either).
+static NEXT_SOURCE: AtomicU32 = AtomicU32::new(u32::MAX);
 
 fn next_source() -> Ipv4Addr {
-    let k = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed);
+    let start = (uuid::Uuid::new_v4().as_u128() % 62_500) as u32;
+    let _ = NEXT_SOURCE.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    let k = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 62_500;
     Ipv4Addr::new(127, 0, 1 + (k / 250) as u8, 2 + (k % 250) as u8)
 }
 

@@ -6,6 +6,7 @@
 //! spread evenly over the ingest campaigns; every UPDATE names its rows `bench-<seq>`, so a
 //! delivered payload tells which committed statement it shows.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,9 @@ use crate::sys::now_ns;
 use crate::targets::{http_body, metric, Kind, Target};
 use crate::Ctx;
 
+/// `application_name` of the writer sessions (to tell their CPU from the relay's).
+const WRITER_APP: &str = "pgcable-bench-writer";
+
 /// The result.
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestResult {
@@ -27,6 +31,8 @@ pub struct IngestResult {
     pub writers: usize,
     /// Rows each UPDATE changes.
     pub rows_per_statement: usize,
+    /// Writers committed with synchronous_commit = off.
+    pub async_commit: bool,
     /// Target rate (rows/s; 0 = as fast as the writers go).
     pub target_rate: f64,
     /// Subscribers.
@@ -55,6 +61,10 @@ pub struct IngestResult {
     pub client_cpu_pct: f64,
     /// Postgres CPU (every postgres process: writers, re-reads, other users), percent of one core.
     pub postgres_cpu_pct: f64,
+    /// Of which the writers' sessions.
+    pub postgres_writers_cpu_pct: f64,
+    /// Of which the relay's sessions (re-reads, authorization, LISTEN).
+    pub postgres_relay_cpu_pct: f64,
     /// Relay VmRSS at the end, MiB.
     pub relay_rss_mib: f64,
     /// `pg_notification_queue_usage()` samples (seconds since start, fraction).
@@ -88,6 +98,8 @@ pub struct IngestPlan {
     pub writers: usize,
     /// Rows per UPDATE.
     pub rows_per_statement: usize,
+    /// Writers commit with synchronous_commit = off.
+    pub async_commit: bool,
     /// Rows/s over all writers; 0 for as fast as they go.
     pub rate: f64,
     /// Seconds of writing.
@@ -162,6 +174,16 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
     let mut handles = Vec::new();
     for w in 0..plan.writers.max(1) {
         let client = connect(&ctx.db.url).await?;
+        client
+            .batch_execute(&format!("SET application_name = '{WRITER_APP}'"))
+            .await
+            .map_err(|e| format!("writer: {e}"))?;
+        if plan.async_commit {
+            client
+                .batch_execute("SET synchronous_commit = off")
+                .await
+                .map_err(|e| format!("writer: {e}"))?;
+        }
         let stmt = client
             .prepare("UPDATE characters SET name = $1, updated_at = now() WHERE id = ANY($2)")
             .await
@@ -208,6 +230,8 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
             if let Ok(mut c) = commits.lock() {
                 c.extend(mine);
             }
+            // Handed back so that its backend lives (and its CPU time counts) until the end.
+            client
         }));
     }
 
@@ -227,8 +251,11 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     stop.store(true, Ordering::Relaxed);
+    let mut writer_sessions = Vec::new();
     for h in handles {
-        let _ = h.await;
+        if let Ok(client) = h.await {
+            writer_sessions.push(client);
+        }
     }
     let write_secs = started.elapsed().as_secs_f64();
     let writing_end_queue = queue.last().map(|q| q.1).unwrap_or(0.0);
@@ -259,12 +286,45 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
     let total_secs = write_secs + drain_secs;
     let relay_cpu = (target.cpu_secs() - relay_cpu0).max(0.0);
     let client_cpu = (fleet.cpu_secs() - client_cpu0).max(0.0);
-    let pg_cpu = crate::sys::postgres_cpu_since(&pg_cpu0);
+    let pg_by_pid = crate::sys::postgres_cpu_since(&pg_cpu0);
+    let apps: HashMap<u32, String> = match sampler_db
+        .query(
+            "SELECT pid, application_name FROM pg_stat_activity WHERE datname = current_database()",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| {
+                let pid: i32 = r.try_get(0).ok()?;
+                let app: String = r.try_get(1).ok()?;
+                Some((pid as u32, app))
+            })
+            .collect(),
+        Err(_) => HashMap::new(),
+    };
+    let pg_cpu: f64 = pg_by_pid.values().sum();
+    let pg_app = |prefix: &str| -> f64 {
+        pg_by_pid
+            .iter()
+            .filter(|(pid, _)| apps.get(pid).is_some_and(|a| a.starts_with(prefix)))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let pg_writers = pg_app(WRITER_APP);
+    let pg_relay = pg_app("pgcable-listener")
+        + apps
+            .iter()
+            .filter(|(_, a)| *a == "pgcable")
+            .map(|(pid, _)| pg_by_pid.get(pid).copied().unwrap_or(0.0))
+            .sum::<f64>();
+    drop(writer_sessions);
     let metrics = http_body(target.addr, "/metrics").await.unwrap_or_default();
     let relay_rss = target.rss_kib().unwrap_or(0) as f64 / 1024.0;
 
     let commits = commits.lock().map(|c| c.clone()).unwrap_or_default();
-    let by_seq: std::collections::HashMap<u32, u64> = commits.iter().copied().collect();
+    let by_seq: HashMap<u32, u64> = commits.iter().copied().collect();
     let lat: Vec<i64> = receipts
         .iter()
         .filter_map(|(s, at)| by_seq.get(s).map(|c| *at as i64 - *c as i64))
@@ -274,6 +334,7 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
     let result = IngestResult {
         writers: plan.writers,
         rows_per_statement: plan.rows_per_statement,
+        async_commit: plan.async_commit,
         target_rate: plan.rate,
         subscribers: fleet.connections(),
         campaigns: campaigns.len(),
@@ -288,6 +349,8 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
         relay_cpu_pct: relay_cpu * 100.0 / total_secs,
         client_cpu_pct: client_cpu * 100.0 / total_secs,
         postgres_cpu_pct: pg_cpu * 100.0 / total_secs,
+        postgres_writers_cpu_pct: pg_writers * 100.0 / total_secs,
+        postgres_relay_cpu_pct: pg_relay * 100.0 / total_secs,
         relay_rss_mib: relay_rss,
         queue_max: queue.iter().map(|q| q.1).fold(0.0, f64::max),
         queue_growth: writing_end_queue - first_queue,
@@ -327,7 +390,16 @@ pub fn table(r: &IngestResult) -> Table {
     let rows: Vec<(&str, String)> = vec![
         (
             "writers × rows per UPDATE",
-            format!("{} × {}", r.writers, r.rows_per_statement),
+            format!(
+                "{} × {}{}",
+                r.writers,
+                r.rows_per_statement,
+                if r.async_commit {
+                    ", synchronous_commit = off"
+                } else {
+                    ""
+                }
+            ),
         ),
         (
             "target rate (rows/s)",
@@ -365,8 +437,13 @@ pub fn table(r: &IngestResult) -> Table {
             num(Some(r.client_cpu_pct), 0),
         ),
         (
-            "Postgres CPU (% of one core, all its processes)",
-            num(Some(r.postgres_cpu_pct), 0),
+            "Postgres CPU (% of one core): all / writers / relay's sessions",
+            format!(
+                "{} / {} / {}",
+                num(Some(r.postgres_cpu_pct), 0),
+                num(Some(r.postgres_writers_cpu_pct), 0),
+                num(Some(r.postgres_relay_cpu_pct), 0)
+            ),
         ),
         ("relay RSS at end (MiB)", num(Some(r.relay_rss_mib), 1)),
         (

@@ -87,7 +87,7 @@ pub struct RunArgs {
     /// ingest: default 1000).
     #[arg(long, value_delimiter = ',')]
     n: Vec<usize>,
-    /// Changes per (server, variant, N) (fanout: 20, single: 200).
+    /// Changes per (server, variant, N) (fanout: 50, single: 200).
     #[arg(long)]
     changes: Option<usize>,
     /// Fanout/single variants: pipe, row or all.
@@ -102,8 +102,9 @@ pub struct RunArgs {
     /// Seconds the connections scenario may spend opening, per server.
     #[arg(long, default_value_t = 150)]
     connections_budget: u64,
-    /// Bytes of padding in a pipe message.
-    #[arg(long, default_value_t = 256)]
+    /// Bytes of padding in a pipe message (default: its frame is about the size of a
+    /// rendered character's, ~2.1 KB).
+    #[arg(long, default_value_t = 2000)]
     payload_bytes: usize,
     /// Ingest: seconds of writing. Writer: pgbench seconds per run.
     #[arg(long)]
@@ -124,6 +125,10 @@ pub struct RunArgs {
     /// rows of every campaign.
     #[arg(long)]
     watched: Option<usize>,
+    /// Ingest: the writer sessions commit with synchronous_commit = off (their commits then
+    /// do not wait for the WAL flush while holding Postgres's NOTIFY lock).
+    #[arg(long)]
+    async_commit: bool,
     /// Ingest: characters per campaign.
     #[arg(long, default_value_t = 100)]
     rows_per_campaign: usize,
@@ -366,7 +371,7 @@ async fn scenario_fanout(ctx: &mut Ctx) {
         ctx.args.n.clone()
     };
     let plan = Plan {
-        changes: ctx.args.changes.unwrap_or(20),
+        changes: ctx.args.changes.unwrap_or(50),
         gap: Duration::from_millis(50),
         change_timeout: Duration::from_secs(30),
         budget: Duration::from_secs(ctx.args.budget),
@@ -399,6 +404,7 @@ async fn scenario_ingest(ctx: &mut Ctx) {
         rows_per_campaign: ctx.args.rows_per_campaign,
         writers: ctx.args.writers,
         rows_per_statement: ctx.args.rows_per_statement,
+        async_commit: ctx.args.async_commit,
         rate: ctx.args.rate,
         duration: Duration::from_secs(ctx.args.duration.unwrap_or(10)),
     };

@@ -214,11 +214,18 @@ pub fn postgres_cpu() -> std::collections::HashMap<u32, f64> {
     out
 }
 
-/// CPU seconds the `postgres` processes used between two [`postgres_cpu`] samples (processes
-/// that started in between count from zero; ones that ended are not counted).
-pub fn postgres_cpu_since(before: &std::collections::HashMap<u32, f64>) -> f64 {
+/// CPU seconds each `postgres` process used since a [`postgres_cpu`] sample (processes that
+/// started in between count from zero; ones that ended are not counted).
+pub fn postgres_cpu_since(
+    before: &std::collections::HashMap<u32, f64>,
+) -> std::collections::HashMap<u32, f64> {
     postgres_cpu()
         .into_iter()
-        .map(|(pid, now)| (now - before.get(&pid).copied().unwrap_or(0.0)).max(0.0))
-        .sum()
+        .map(|(pid, now)| {
+            (
+                pid,
+                (now - before.get(&pid).copied().unwrap_or(0.0)).max(0.0),
+            )
+        })
+        .collect()
 }

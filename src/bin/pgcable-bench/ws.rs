@@ -5,6 +5,7 @@
 //! the server it measures: frames are parsed in place from one buffer per socket.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use base64::Engine;
@@ -171,6 +172,20 @@ impl Socket {
     ) -> Result<Socket, String> {
         let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
         if let Some(ip) = source {
+            // Let connect() pick the port by the whole 4-tuple: a port bound by bind() alone
+            // would be closed to every other program's outgoing connections for as long as
+            // this socket (or its TIME_WAIT) lives, and a bench run holds thousands.
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt reads `one` for the given length; the fd is the socket's own.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    &one as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
             socket
                 .bind(SocketAddr::from((ip, 0)))
                 .map_err(|e| format!("bind {ip}: {e}"))?;
@@ -257,15 +272,30 @@ impl Socket {
             .map_err(|e| format!("send: {e}"))
     }
 
-    /// Sends a close frame (1000) and shuts the write side.
+    /// Sends a close frame (1000) and waits up to a second for the server to close the
+    /// connection, so that the server, not the load client, holds the TIME_WAIT; a server that
+    /// does not close in time gets a reset instead.
     pub async fn close(&mut self) {
         let mask = self.next_mask();
         let frame = encode_frame(CLOSE, &1000u16.to_be_bytes(), Some(mask));
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = self.stream.write_all(&frame).await;
-            let _ = self.stream.shutdown().await;
+        let closed_by_server = tokio::time::timeout(Duration::from_secs(1), async {
+            if self.stream.write_all(&frame).await.is_err() {
+                return false;
+            }
+            let mut sink = [0u8; 1024];
+            loop {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) => return true,
+                    Ok(_) => continue,
+                    Err(_) => return false,
+                }
+            }
         })
-        .await;
+        .await
+        .unwrap_or(false);
+        if !closed_by_server {
+            let _ = self.stream.set_zero_linger();
+        }
     }
 
     /// Reads more bytes so that at least `need` bytes from `start` are buffered.
