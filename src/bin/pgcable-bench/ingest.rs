@@ -216,9 +216,12 @@ async fn one(ctx: &mut Ctx, plan: IngestPlan) -> Result<IngestResult, String> {
                 let start = (rng as usize) % (rows.len() - k + 1);
                 let ids: Vec<Uuid> = rows[start..start + k].to_vec();
                 let s = seq.fetch_add(1, Ordering::Relaxed) as u32;
-                match client.execute(&stmt, &[&format!("bench-{s}"), &ids]).await {
+                let name = format!("bench-{s}");
+                // As in fanout: latency counts from the moment the statement is sent.
+                let sent = now_ns();
+                match client.execute(&stmt, &[&name, &ids]).await {
                     Ok(_) => {
-                        mine.push((s, now_ns()));
+                        mine.push((s, sent));
                         committed_rows.fetch_add(k as u64, Ordering::Relaxed);
                     }
                     Err(_) => {

@@ -87,7 +87,7 @@ pub struct RunArgs {
     /// ingest: default 1000).
     #[arg(long, value_delimiter = ',')]
     n: Vec<usize>,
-    /// Changes per (server, variant, N) (fanout: 50, single: 200).
+    /// Changes per (server, variant, N) (fanout: 100, single: 200).
     #[arg(long)]
     changes: Option<usize>,
     /// Fanout/single variants: pipe, row or all.
@@ -360,6 +360,10 @@ async fn scenario_single(ctx: &mut Ctx) {
             ms(r.latency.max_ms),
         ]);
     }
+    t.note(
+        "Measured from the moment the writer sent COMMIT (the change was made just before, in the \
+         same transaction) to the client's receipt.",
+    );
     ctx.print(t);
     ctx.results.single = rounds;
 }
@@ -371,8 +375,8 @@ async fn scenario_fanout(ctx: &mut Ctx) {
         ctx.args.n.clone()
     };
     let plan = Plan {
-        changes: ctx.args.changes.unwrap_or(50),
-        gap: Duration::from_millis(50),
+        changes: ctx.args.changes.unwrap_or(100),
+        gap: Duration::from_millis(25),
         change_timeout: Duration::from_secs(30),
         budget: Duration::from_secs(ctx.args.budget),
     };

@@ -17,7 +17,8 @@ pub struct Latency {
     pub p99_ms: f64,
     /// Largest.
     pub max_ms: f64,
-    /// Receipts stamped before the writer saw COMMIT return (counted as 0 ms).
+    /// Receipts stamped before the writer saw its COMMIT acknowledged (see the scenario for
+    /// where latency is measured from).
     pub before_commit_ack: usize,
 }
 
