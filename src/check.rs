@@ -421,17 +421,7 @@ fn secret(secret: Option<&str>) -> Finding {
 }
 
 async fn connect(url: &str) -> Result<Client, String> {
-    let cfg = db::config(url, APPLICATION_NAME)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await {
-        Ok(Ok((client, connection))) => {
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok(client)
-        }
-        Ok(Err(e)) => Err(db::explain(url, &db::error_text(&e))),
-        Err(_) => Err(db::explain(url, "connecting timed out")),
-    }
+    db::connect(url, APPLICATION_NAME, CONNECT_TIMEOUT).await
 }
 
 /// Awaits a query with [`QUERY_TIMEOUT`], turning both failures into text.

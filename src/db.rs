@@ -77,6 +77,28 @@ pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Opens one connection (not from the pool), driven by a task of its own. Gives up after
+/// `timeout`; the error is one line a person can act on.
+pub async fn connect(
+    url: &str,
+    application_name: &str,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, String> {
+    let cfg = config(url, application_name)?;
+    match tokio::time::timeout(timeout, cfg.connect(NoTls)).await {
+        Ok(Ok((client, connection))) => {
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+            });
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(explain(url, &error_text(&e))),
+        Err(_) => Err(explain(url, "connecting timed out")),
+    }
+}
+
 /// One line that says what is wrong with the database connection and what to do.
 pub fn explain(url: &str, error: &str) -> String {
     let shown = redact(url);

@@ -328,17 +328,7 @@ fn nothing_there(e: &tokio_postgres::Error) -> bool {
 }
 
 async fn connect(url: &str) -> Result<Client, String> {
-    let cfg = db::config(url, APPLICATION_NAME)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await {
-        Ok(Ok((client, connection))) => {
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok(client)
-        }
-        Ok(Err(e)) => Err(db::explain(url, &db::error_text(&e))),
-        Err(_) => Err(db::explain(url, "timed out")),
-    }
+    db::connect(url, APPLICATION_NAME, CONNECT_TIMEOUT).await
 }
 
 async fn run_sql(client: &Client, sql: &str, what: &str) -> Result<(), String> {

@@ -1,9 +1,9 @@
 //! The `pgcable` command: parses the command line and calls the relay or a tool.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tokio_postgres::NoTls;
 
 use pgcable::config::{Config, DbArgs, ServeArgs};
 use pgcable::{check, db, dev, server, triggers};
@@ -103,17 +103,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
-    let cfg = db::config(url, db::POOL_APPLICATION_NAME)?;
-    let (client, connection) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|e| db::explain(url, &db::error_text(&e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "connection ended");
-        }
-    });
-    Ok(client)
+    db::connect(url, db::POOL_APPLICATION_NAME, Duration::from_secs(10)).await
 }
 
 async fn triggers_command(action: TriggersAction) -> Result<ExitCode, String> {
