@@ -8,16 +8,25 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use warp::http::{HeaderMap, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
-use warp::ws::Ws;
-use warp::{Filter, Reply};
+use warp::Filter;
 
 use crate::cable::{auth, connection};
 use crate::state::State;
 
 /// The subprotocols pgcable speaks, in the order ActionCable lists them.
 const PROTOCOLS: [&str; 2] = ["actioncable-v1-json", "actioncable-unsupported"];
+
+/// Bytes tungstenite reads from a socket at a time. Its default (128 KiB, zero-filled up
+/// front) cost more than everything else an idle connection holds; client frames are small
+/// commands, and a larger frame is simply read in several calls.
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// Every route of the relay.
 pub fn routes(
@@ -32,7 +41,7 @@ pub fn routes(
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(warp::ws())
+        .and(warp::ext::optional::<OnUpgrade>())
         .and(with_state.clone())
         .map(cable);
     let health = warp::path("health")
@@ -118,7 +127,15 @@ fn not_found() -> Response {
     r
 }
 
-fn cable(headers: HeaderMap, query: String, ws: Ws, state: Arc<State>) -> Response {
+fn cable(
+    headers: HeaderMap,
+    query: String,
+    upgrade: Option<OnUpgrade>,
+    state: Arc<State>,
+) -> Response {
+    let (Some(key), Some(upgrade)) = (websocket_key(&headers), upgrade) else {
+        return not_found();
+    };
     if !origin_allowed(&headers, state.config.allowed_origins.as_deref()) {
         tracing::info!(origin = ?headers.get("origin"), "upgrade refused: origin not allowed");
         return not_found();
@@ -128,20 +145,68 @@ fn cable(headers: HeaderMap, query: String, ws: Ws, state: Arc<State>) -> Respon
         let mut r = Response::new("Too many connections".into());
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         r.headers_mut()
-            .insert("retry-after", warp::http::HeaderValue::from_static("5"));
+            .insert("retry-after", HeaderValue::from_static("5"));
         return r;
     }
-    let protocol = select_protocol(&headers);
     let token = auth::token_from_query(&query);
     let limit = state.config.max_frame_bytes;
-    let reply = ws
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| connection::run(socket, state, token));
-    match protocol {
-        Some(p) => warp::reply::with_header(reply, "sec-websocket-protocol", p).into_response(),
-        None => reply.into_response(),
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                connection::run(socket, state, token).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+
+    let mut r = Response::default();
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert("sec-websocket-accept", accept);
     }
+    if let Some(p) = select_protocol(&headers) {
+        h.insert("sec-websocket-protocol", HeaderValue::from_static(p));
+    }
+    r
+}
+
+/// The `Sec-WebSocket-Key` of a valid RFC 6455 upgrade request, or `None` when the request is
+/// not one (Rails answers those with its 404).
+fn websocket_key(headers: &HeaderMap) -> Option<&str> {
+    let has_token = |name: &str, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let version = headers
+        .get("sec-websocket-version")
+        .and_then(|v| v.to_str().ok());
+    if !has_token("connection", "upgrade")
+        || !has_token("upgrade", "websocket")
+        || version != Some("13")
+    {
+        return None;
+    }
+    headers
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.is_empty())
 }
 
 /// The first protocol the client offers that pgcable speaks (protocol.md §1).
@@ -198,6 +263,33 @@ mod tests {
         let h = headers(&[("sec-websocket-protocol", "chat, superchat")]);
         assert_eq!(select_protocol(&h), None);
         assert_eq!(select_protocol(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn upgrade_requests() {
+        let ok = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert_eq!(
+            websocket_key(&headers(&ok)),
+            Some("dGhlIHNhbXBsZSBub25jZQ==")
+        );
+        for missing in 0..ok.len() {
+            let mut h = ok.to_vec();
+            h.remove(missing);
+            assert_eq!(
+                websocket_key(&headers(&h)),
+                None,
+                "without {:?}",
+                ok[missing]
+            );
+        }
+        let mut old = ok;
+        old[2] = ("sec-websocket-version", "8");
+        assert_eq!(websocket_key(&headers(&old)), None);
     }
 
     #[test]

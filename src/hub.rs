@@ -111,21 +111,32 @@ impl Hub {
 
     /// Sends an encoded message to every subscription of a stream. Returns how many frames were
     /// queued. Never waits on a connection.
-    pub fn broadcast(&self, stream: &str, message: &Arc<str>) -> usize {
+    ///
+    /// Each distinct identifier's frame is built once and shared: the N subscribers of a
+    /// campaign normally hold the same identifier, so a broadcast costs one copy of the message,
+    /// not N.
+    pub fn broadcast(&self, stream: &str, message: &str) -> usize {
         let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
         let Some(subs) = streams.get(stream) else {
             return 0;
         };
+        let mut frames: HashMap<&str, Frame> = HashMap::new();
         let mut sent = 0;
         for sub in subs.values() {
-            if sub.outbox.push(Frame::Broadcast {
-                prefix: sub.prefix.clone(),
-                message: message.clone(),
-            }) {
+            let frame = frames
+                .entry(&sub.prefix)
+                .or_insert_with(|| Frame::broadcast(&sub.prefix, message));
+            if sub.outbox.push(frame.clone()) {
                 sent += 1;
             }
         }
         sent
+    }
+
+    /// Whether anyone is subscribed to `stream` right now.
+    pub fn is_watched(&self, stream: &str) -> bool {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        streams.contains_key(stream)
     }
 
     /// Streams that currently have subscribers and whose name starts with `prefix`.
@@ -191,12 +202,16 @@ mod tests {
         hub.subscribe("s", a1, &a, Arc::from("A1"));
         hub.subscribe("s", a2, &a, Arc::from("A2"));
         hub.subscribe("s", b1, &b, Arc::from("B"));
-        assert_eq!(hub.broadcast("s", &Arc::from("m")), 3);
-        assert_eq!(a.outbox.take().frames.len(), 2);
+        assert_eq!(hub.broadcast("s", "m"), 3);
+        let mut frames = std::collections::VecDeque::new();
+        a.outbox.take(&mut frames);
+        assert_eq!(frames.len(), 2);
+        assert!(hub.is_watched("s"));
         hub.unsubscribe("s", a1);
-        assert_eq!(hub.broadcast("s", &Arc::from("m")), 2);
+        assert_eq!(hub.broadcast("s", "m"), 2);
         hub.unsubscribe("s", a2);
         hub.unsubscribe("s", b1);
         assert_eq!(hub.stream_count(), 0);
+        assert!(!hub.is_watched("s"));
     }
 }

@@ -6,14 +6,20 @@
 //! delays a ping and a slow socket never delays the hub.
 //! Calls auth, channels, presence and the hub.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
-use warp::ws::{Message, WebSocket};
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use super::auth::{self, User};
 use super::channels::{parse_identifier, Channel, Rejection};
@@ -22,6 +28,8 @@ use super::outbox::{Ending, Frame, Outbox};
 use crate::hub::{Session, SubscriptionId};
 use crate::state::State;
 
+/// An upgraded `/cable` socket.
+pub type WebSocket = WebSocketStream<TokioIo<Upgraded>>;
 type Sink = SplitSink<WebSocket, Message>;
 type Source = SplitStream<WebSocket>;
 
@@ -55,7 +63,7 @@ pub async fn run(ws: WebSocket, state: Arc<State>, token: Option<String>) {
             let _ = sink
                 .send(Message::text(frame::disconnect(reason, reconnect)))
                 .await;
-            let _ = sink.send(Message::close_with(1000u16, "")).await;
+            let _ = sink.send(close(1000, "")).await;
             drain(&mut source).await;
             return;
         }
@@ -148,35 +156,34 @@ impl Connection {
                 msg = source.next() => match msg {
                     None => return "client went away".into(),
                     Some(Err(e)) => {
-                        let text = e.to_string();
-                        if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") || text.contains("Frame too big") || text.contains("apacity") {
+                        // RFC 6455 §7.4.1: 1009 for a frame over the limit, 1007 for a text
+                        // frame that is not UTF-8, 1002 for other protocol violations; an I/O
+                        // error gets no close frame.
+                        let code = match &e {
+                            WsError::Capacity(_) => Some(1009),
+                            WsError::Utf8(_) => Some(1007),
+                            WsError::Protocol(_) => Some(1002),
+                            _ => None,
+                        };
+                        if let Some(code) = code {
                             self.unreadable = true;
-                            outbox.end(Ending::Close(1009, String::new()));
-                            return format!("frame over the limit ({text})");
+                            outbox.end(Ending::Close(code, String::new()));
                         }
-                        // RFC 6455 §7.4.1: 1007 for a text frame that is not UTF-8, 1002 for
-                        // other protocol violations; an I/O error gets no close frame.
-                        if text.contains("UTF-8") {
-                            self.unreadable = true;
-                            outbox.end(Ending::Close(1007, String::new()));
-                        } else if text.contains("protocol error") {
-                            self.unreadable = true;
-                            outbox.end(Ending::Close(1002, String::new()));
-                        }
-                        return format!("socket error: {text}");
+                        return format!("socket error: {e}");
                     }
-                    Some(Ok(msg)) => {
-                        if msg.is_close() {
-                            // The WebSocket layer echoes the client's close frame itself.
-                            return "client closed".into();
-                        }
-                        if let Ok(text) = msg.to_str() {
+                    Some(Ok(msg)) => match msg {
+                        // The WebSocket layer echoes the client's close frame itself.
+                        Message::Close(_) => return "client closed".into(),
+                        Message::Text(text) => {
                             self.state.metrics.message_in();
-                            self.handle(text).await;
-                        } else if msg.is_binary() {
+                            self.handle(&text).await;
+                        }
+                        Message::Binary(_) => {
                             tracing::debug!(session = self.session.id, "binary frame ignored");
                         }
-                    }
+                        // Pongs to pings are sent by the WebSocket layer.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    },
                 }
             }
         }
@@ -291,6 +298,7 @@ async fn pump(
     outbox: &Outbox,
     pings: &mut watch::Receiver<u64>,
 ) -> Result<(), ()> {
+    let mut frames = VecDeque::new();
     loop {
         tokio::select! {
             biased;
@@ -304,29 +312,36 @@ async fn pump(
                 outbox.progressed();
             }
             _ = outbox.ready() => {
-                let batch = outbox.take();
-                let n = batch.frames.len();
-                for f in batch.frames {
-                    sink.feed(Message::text(f.into_text())).await.map_err(|_| ())?;
+                let ending = outbox.take(&mut frames);
+                let n = frames.len();
+                for f in frames.drain(..) {
+                    sink.feed(f.into_message()).await.map_err(|_| ())?;
                 }
                 if n > 0 {
                     sink.flush().await.map_err(|_| ())?;
                     outbox.progressed();
                 }
-                match batch.ending {
+                match ending {
                     None => {}
                     Some(Ending::Overflow) => return Err(()),
                     Some(Ending::Disconnect(reason, reconnect)) => {
                         sink.send(Message::text(frame::disconnect(reason, reconnect))).await.map_err(|_| ())?;
-                        sink.send(Message::close_with(1000u16, "")).await.map_err(|_| ())?;
+                        sink.send(close(1000, "")).await.map_err(|_| ())?;
                         return Ok(());
                     }
                     Some(Ending::Close(code, reason)) => {
-                        sink.send(Message::close_with(code, reason)).await.map_err(|_| ())?;
+                        sink.send(close(code, &reason)).await.map_err(|_| ())?;
                         return Ok(());
                     }
                 }
             }
         }
     }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
 }

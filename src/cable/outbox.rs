@@ -6,10 +6,11 @@
 //! of thousands of rows), up to [`BURST_FACTOR`] times it. Calls nothing.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::frame::DisconnectReason;
 
@@ -18,13 +19,8 @@ use super::frame::DisconnectReason;
 pub enum Frame {
     /// A frame of its own (welcome, confirm, reject, presence of one subscription).
     Text(String),
-    /// A broadcast: the subscription's prefix, the message shared by every subscriber, then `}`.
-    Broadcast {
-        /// `{"identifier":…,"message":`
-        prefix: Arc<str>,
-        /// The message, encoded once for every subscriber.
-        message: Arc<str>,
-    },
+    /// A broadcast frame, built once and shared by every subscription with the same identifier.
+    Broadcast(Utf8Bytes),
 }
 
 impl Frame {
@@ -32,7 +28,7 @@ impl Frame {
     pub fn len(&self) -> usize {
         match self {
             Frame::Text(s) => s.len(),
-            Frame::Broadcast { prefix, message } => prefix.len() + message.len() + 1,
+            Frame::Broadcast(b) => b.len(),
         }
     }
 
@@ -41,18 +37,21 @@ impl Frame {
         self.len() == 0
     }
 
-    /// The frame's text, ready to write.
-    pub fn into_text(self) -> String {
+    /// The frame as a WebSocket text message; a broadcast is not copied.
+    pub fn into_message(self) -> Message {
         match self {
-            Frame::Text(s) => s,
-            Frame::Broadcast { prefix, message } => {
-                let mut s = String::with_capacity(prefix.len() + message.len() + 1);
-                s.push_str(&prefix);
-                s.push_str(&message);
-                s.push('}');
-                s
-            }
+            Frame::Text(s) => Message::Text(s.into()),
+            Frame::Broadcast(b) => Message::Text(b),
         }
+    }
+
+    /// A broadcast frame: `prefix` (`{"identifier":…,"message":`), the message, then `}`.
+    pub fn broadcast(prefix: &str, message: &str) -> Frame {
+        let mut s = String::with_capacity(prefix.len() + message.len() + 1);
+        s.push_str(prefix);
+        s.push_str(message);
+        s.push('}');
+        Frame::Broadcast(s.into())
     }
 }
 
@@ -88,15 +87,6 @@ pub struct Outbox {
     limit: usize,
     work: Notify,
     ended: Notify,
-}
-
-/// What the writer takes in one go.
-#[derive(Debug)]
-pub struct Batch {
-    /// Frames to write, in order.
-    pub frames: Vec<Frame>,
-    /// Set when the connection is to end after these frames.
-    pub ending: Option<Ending>,
 }
 
 impl Outbox {
@@ -172,14 +162,17 @@ impl Outbox {
         matches!(self.lock().ending, Some(Ending::Overflow))
     }
 
-    /// Takes everything queued.
-    pub fn take(&self) -> Batch {
+    /// Moves everything queued into `frames` (which the writer has emptied) and returns the
+    /// ending, if one is set. The two queues trade places, so a busy connection allocates none.
+    pub fn take(&self, frames: &mut VecDeque<Frame>) -> Option<Ending> {
         let mut st = self.lock();
         st.bytes = 0;
-        Batch {
-            frames: st.frames.drain(..).collect(),
-            ending: st.ending.clone(),
+        if frames.is_empty() {
+            std::mem::swap(&mut st.frames, frames);
+        } else {
+            frames.extend(st.frames.drain(..));
         }
+        st.ending.clone()
     }
 
     /// Resolves when there may be something to take.
@@ -222,7 +215,7 @@ mod tests {
             assert!(outbox.push(Frame::Text("12345".into())));
         }
         assert!(!outbox.push(Frame::Text("123456".into())));
-        assert_eq!(outbox.take().ending, Some(Ending::Overflow));
+        assert_eq!(outbox.take(&mut VecDeque::new()), Some(Ending::Overflow));
     }
 
     #[test]
@@ -233,9 +226,9 @@ mod tests {
         assert!(outbox.push(Frame::Text("12345".into())));
         assert!(!outbox.push(Frame::Text("1".into())));
         assert!(!outbox.push(Frame::Text("1".into())));
-        let batch = outbox.take();
-        assert!(batch.frames.is_empty());
-        assert_eq!(batch.ending, Some(Ending::Overflow));
+        let mut frames = VecDeque::new();
+        assert_eq!(outbox.take(&mut frames), Some(Ending::Overflow));
+        assert!(frames.is_empty());
     }
 
     #[test]
@@ -245,21 +238,19 @@ mod tests {
         outbox.end(Ending::Disconnect(DisconnectReason::ServerRestart, true));
         outbox.end(Ending::Close(1009, String::new()));
         assert!(!outbox.push(Frame::Text("b".into())));
-        let batch = outbox.take();
-        assert_eq!(batch.frames.len(), 1);
+        let mut frames = VecDeque::new();
         assert_eq!(
-            batch.ending,
+            outbox.take(&mut frames),
             Some(Ending::Disconnect(DisconnectReason::ServerRestart, true))
         );
+        assert_eq!(frames.len(), 1);
     }
 
     #[test]
     fn broadcast_frame_text() {
-        let f = Frame::Broadcast {
-            prefix: Arc::from(r#"{"identifier":"x","message":"#),
-            message: Arc::from(r#"{"a":1}"#),
-        };
-        assert_eq!(f.len(), f.clone().into_text().len());
-        assert_eq!(f.into_text(), r#"{"identifier":"x","message":{"a":1}}"#);
+        let f = Frame::broadcast(r#"{"identifier":"x","message":"#, r#"{"a":1}"#);
+        let want = r#"{"identifier":"x","message":{"a":1}}"#;
+        assert_eq!(f.len(), want.len());
+        assert_eq!(f.into_message(), Message::text(want));
     }
 }

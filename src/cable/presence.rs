@@ -100,7 +100,7 @@ async fn announce(
         drop(book);
         match users_message(&pool, &members, endpoint.as_deref()).await {
             Ok(message) => {
-                hub.broadcast(&format!("fight_{fight}"), &Arc::from(message));
+                hub.broadcast(&format!("fight_{fight}"), &message);
             }
             Err(e) => tracing::warn!(%fight, error = %e, "presence list not sent"),
         }
