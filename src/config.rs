@@ -64,6 +64,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PGCABLE_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
 
+    /// Seconds a client may take to send an HTTP request's headers before it is disconnected.
+    #[arg(long, env = "PGCABLE_HEADER_TIMEOUT", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
     /// Seconds an access decision (may this user see this campaign) is cached.
     #[arg(long, env = "PGCABLE_ACCESS_CACHE_SECS", default_value_t = 30)]
     pub access_cache_secs: u64,
@@ -99,6 +103,7 @@ pub struct Config {
     pub max_connections: usize,
     pub max_subscriptions: usize,
     pub shutdown_timeout: Duration,
+    pub header_timeout: Duration,
     pub access_cache_ttl: Duration,
     pub pool_size: usize,
     pub require_exp: bool,
@@ -139,6 +144,7 @@ impl Config {
             max_connections: args.max_connections,
             max_subscriptions: args.max_subscriptions,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
             access_cache_ttl: Duration::from_secs(args.access_cache_secs),
             pool_size: args.pool_size,
             require_exp: args.require_exp,
@@ -161,6 +167,7 @@ impl Config {
             max_connections: 100_000,
             max_subscriptions: 256,
             shutdown_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
             access_cache_ttl: Duration::from_secs(30),
             pool_size: 8,
             require_exp: false,

@@ -1,15 +1,19 @@
 //! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`, and `/demo` (the
 //! static live page of `pgcable dev`, [`crate::dev::DEMO_HTML`]).
 //!
-//! Owns the handshake rules of protocol.md §1 (subprotocol, origin, 404s) and the operator
-//! endpoints. Calls the connection for each upgraded socket and reads the shared state.
+//! Owns the HTTP/1.1 connections (accepting, the header-read timeout, graceful stop), the
+//! handshake rules of protocol.md §1 (subprotocol, origin, 404s) and the operator endpoints.
+//! Calls the connection for each upgraded socket and reads the shared state.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -18,6 +22,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::cable::{auth, connection};
+use crate::shutdown::Shutdown;
 use crate::state::State;
 
 /// The subprotocols pgcable speaks, in the order ActionCable lists them.
@@ -27,6 +32,66 @@ const PROTOCOLS: [&str; 2] = ["actioncable-v1-json", "actioncable-unsupported"];
 /// front) cost more than everything else an idle connection holds; client frames are small
 /// commands, and a larger frame is simply read in several calls.
 const READ_BUFFER_BYTES: usize = 4096;
+
+/// Serves the routes on `listener` until `shutdown`: then stops accepting and waits for the
+/// HTTP requests in flight. Upgraded WebSockets are not HTTP requests any more; they end
+/// through the hub.
+pub async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: Shutdown) {
+    // The header-read timeout runs from the moment the server waits for a request (a new
+    // connection, or a kept-alive one between requests): without it, sockets that never finish
+    // a request would be held forever (slowloris).
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_timeout);
+    let service = TowerToHyperService::new(warp::service(routes(state)));
+    // One clone per open HTTP connection, to wait for them at the end.
+    let open = Arc::new(());
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: the clients already connected are
+                    // served on; the new ones wait in the backlog until one leaves.
+                    tracing::warn!(error = %e, "accept error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Frames are written whole and flushed: don't let Nagle hold the last piece back.
+        let _ = stream.set_nodelay(true);
+        let conn = http
+            .serve_connection(TokioIo::new(stream), service.clone())
+            .with_upgrades();
+        let mut stop = shutdown.clone();
+        let open = open.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stop.wait() => None,
+            };
+            let result = match ended {
+                Some(r) => r,
+                None => {
+                    // Finish the request in flight, if any, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    while Arc::strong_count(&open) > 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Every route of the relay.
 pub fn routes(

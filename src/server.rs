@@ -107,12 +107,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
     tokio::spawn(tick(state.clone(), shutdown.clone()));
     tokio::spawn(watch_queue(state.clone(), shutdown.clone()));
 
-    let routes = http::routes(state.clone());
-    let mut stop = shutdown.clone();
-    let serve = warp::serve(routes)
-        .incoming(listener)
-        .graceful(async move { stop.wait().await })
-        .run();
+    let serve = http::serve(listener, state.clone(), shutdown.clone());
     let task = tokio::spawn(drive(state.clone(), serve, shutdown));
     tracing::info!(%addr, "listening on {addr}");
     Ok(Server {

@@ -1105,13 +1105,14 @@ async fn subscribe_floods(forbidden: usize) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. Silent, half-open and never-upgraded sockets
+// 3. Silent, half-open and never-upgraded sockets (the latter closed after the header timeout)
 
 async fn half_open_sockets(n: usize) {
     capture_logs();
     let _shared = PROCESS.read().await;
     let db = TestDb::create().await;
-    let relay = relay(&db).await;
+    let header_timeout = Duration::from_secs(3);
+    let relay = relay_with(&db, |c| c.header_timeout = header_timeout).await;
     let user = db.user(false).await;
     let campaign = db.campaign(user).await;
     let sessions_before = relay.state.hub.session_count();
@@ -1146,18 +1147,35 @@ async fn half_open_sockets(n: usize) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let silent_sessions = relay.state.hub.session_count() - sessions_before;
     still_serving(&relay, &db, user, campaign).await;
-    // Which of the held sockets has the relay closed?
+    // The sockets that never finished a request are closed once the header timeout has
+    // passed (slowloris): each reads to its end (hyper may say 408 first).
+    let waited = Instant::now();
+    let deadline = waited + header_timeout + Duration::from_secs(10);
     let mut closed = 0;
     for s in held.iter_mut() {
-        let mut b = [0u8; 1];
-        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(5), s.read(&mut b)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut sink = Vec::new();
+        if let Ok(Ok(_)) = tokio::time::timeout(left, s.read_to_end(&mut sink)).await {
             closed += 1;
         }
     }
     println!(
-        "{n} idle TCP + {n} half-upgrade sockets: {closed} closed by the relay after 2 s; \
-         {n} silent WebSockets: {silent_sessions} sessions still open (they get pings; ActionCable has no idle timeout)"
+        "{n} idle TCP + {n} half-upgrade sockets: {closed} closed by the relay ({:.1} s after the \
+         first check; header timeout {header_timeout:?}); {n} silent WebSockets: {silent_sessions} \
+         sessions still open (they get pings; ActionCable has no idle timeout)",
+        waited.elapsed().as_secs_f64()
     );
+    assert_eq!(
+        closed,
+        2 * n,
+        "every socket without a whole request is closed"
+    );
+    assert_eq!(
+        relay.state.hub.session_count() - sessions_before,
+        n,
+        "the silent WebSockets are not touched by the header timeout"
+    );
+    still_serving(&relay, &db, user, campaign).await;
     assert_eq!(
         silent_sessions, n,
         "silent authenticated clients are legitimate until they stop reading pings"
