@@ -1332,9 +1332,21 @@ async fn postgres_outage(down: Duration) {
     let identifier = common::campaign_channel(campaign);
     let mut c = common::Cable::welcomed(relay.addr, &token(user)).await;
     c.subscribed(&identifier).await;
+    // Connected before the outage, subscribing during it.
+    let mut asks = common::Cable::welcomed(relay.addr, &token(user)).await;
     assert_eq!(http_get(relay.addr, "/ready").await.0, 200);
 
     cluster.get().stop_server().await.expect("stop postgres");
+    // A subscription the relay cannot decide is not rejected (the official client would forget
+    // it): the client is told to reconnect, and resubscribes when it does.
+    asks.subscribe(&common::campaign_channel(Uuid::new_v4()))
+        .await;
+    assert_eq!(
+        asks.next_text().await,
+        r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#,
+        "a subscribe during the outage"
+    );
+    drop(asks);
     let stopped = Instant::now();
     let (mut pings, mut checks) = (0, 0);
     while stopped.elapsed() < down {

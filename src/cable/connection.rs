@@ -231,6 +231,15 @@ impl Connection {
                     },
                 );
             }
+            Err(Rejection::Unavailable) => {
+                // The database can't be asked: a rejection would make the client forget this
+                // subscription for good. Send it away to reconnect and resubscribe later.
+                tracing::warn!(session = self.session.id, %identifier, "subscription not decided: the database is unreachable; asking the client to reconnect");
+                self.state
+                    .metrics
+                    .rejected_subscription(Rejection::Unavailable.label());
+                outbox.end(Ending::Disconnect(DisconnectReason::ServerRestart, true));
+            }
             Err(rejection) => {
                 tracing::info!(session = self.session.id, user = %self.user.id, reason = rejection.label(), %identifier, "subscription rejected");
                 self.state.metrics.rejected_subscription(rejection.label());
