@@ -101,6 +101,16 @@ impl Metrics {
         counter!("pgcable_campaignless_changes_total").increment(1);
     }
 
+    /// Rows owed a payload were not re-read: nobody watched their campaign.
+    pub fn rereads_skipped(&self, rows: u64) {
+        counter!("pgcable_rereads_skipped_total").increment(rows);
+    }
+
+    /// A connection's cached re-read statements were invalidated (schema change) and dropped.
+    pub fn statements_reprepared(&self) {
+        counter!("pgcable_statements_reprepared_total").increment(1);
+    }
+
     /// A batch of rows was re-read and rendered.
     pub fn reread(&self, took: Duration) {
         histogram!("pgcable_reread_seconds").record(took.as_secs_f64());

@@ -706,3 +706,66 @@ async fn a_row_that_cannot_be_rendered_still_sends_the_reload() {
     w.quiet().await;
     s.relay.shutdown();
 }
+
+#[tokio::test]
+async fn cached_statements_survive_schema_changes() {
+    let db = TestDb::create().await;
+    let user = db.user(false).await;
+    let (a, b) = (db.campaign(user).await, db.campaign(user).await);
+    // One pool connection: every re-read reuses the statements the first one prepared.
+    let relay = relay_with(&db, |c| c.pool_size = 1).await;
+    let mut w = Watcher::new(relay.addr, user, a, b, None).await;
+    let id = Uuid::new_v4();
+    let reload = r#"{"characters":"reload"}"#.to_string();
+    let update = |name: &str| {
+        format!("UPDATE characters SET name = '{name}' WHERE id = $1 AND $2::uuid IS NULL")
+    };
+
+    exec(&db, &format!("INSERT INTO characters (id, name, campaign_id, created_at, updated_at) VALUES ($1, 'Ann', $2, '{T0}', '{T0}')"), id, Some(a)).await;
+    assert_eq!(
+        w.take(2).await,
+        [
+            ("A", bare_character(id, "Ann", T0_JSON, T0_JSON)),
+            ("A", reload.clone())
+        ]
+    );
+
+    // A production migration adds a column: the explicit column lists don't see it.
+    let admin = db.client().await;
+    admin
+        .batch_execute("ALTER TABLE characters ADD COLUMN pgcable_test_extra integer")
+        .await
+        .unwrap();
+    exec(&db, &update("Bea"), id, None).await;
+    assert_eq!(
+        w.take(2).await,
+        [
+            ("A", bare_character(id, "Bea", T0_JSON, T0_JSON)),
+            ("A", reload.clone())
+        ]
+    );
+
+    // A column the payload reads changes type: the cached statement's result type changes
+    // ("cached plan must not change result type"); the relay prepares it again.
+    admin
+        .batch_execute("ALTER TABLE characters ALTER COLUMN name TYPE text")
+        .await
+        .unwrap();
+    exec(&db, &update("Cid"), id, None).await;
+    assert_eq!(
+        w.take(2).await,
+        [
+            ("A", bare_character(id, "Cid", T0_JSON, T0_JSON)),
+            ("A", reload.clone())
+        ]
+    );
+    let (_, metrics) = http_get(relay.addr, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("pgcable_statements_reprepared_total ") && !l.ends_with(" 0")),
+        "the stale statement was re-prepared:\n{metrics}"
+    );
+    w.quiet().await;
+    relay.shutdown();
+}

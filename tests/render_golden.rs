@@ -1,6 +1,6 @@
 //! Golden tests for `pgcable::render`: each test creates its own database
 //! (random name), loads `sql/schema.sql` and `tests/fixtures/golden.sql`,
-//! renders rows with `render::load` and compares the payloads byte for byte
+//! renders rows with `render::load` (on a pool connection) and compares the payloads byte for byte
 //! with `tests/fixtures/golden/*.json` (written by hand from spec/payloads.md).
 //! The database is dropped at the end, also when the test fails.
 //!
@@ -48,7 +48,7 @@ async fn connect(config: &Config) -> Client {
 /// then drops the database (also if `body` panics).
 async fn with_db<F, Fut>(body: F)
 where
-    F: FnOnce(Client) -> Fut,
+    F: FnOnce(deadpool_postgres::Client) -> Fut,
     Fut: Future<Output = ()>,
 {
     let admin_cfg = admin_config();
@@ -72,7 +72,12 @@ where
             .batch_execute(&read("tests/fixtures/golden.sql"))
             .await
             .expect("load tests/fixtures/golden.sql");
-        body(client).await;
+        // render::load takes a pool connection: its statements are prepared once and cached.
+        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(cfg, NoTls))
+            .max_size(1)
+            .build()
+            .expect("build pool");
+        body(pool.get().await.expect("pool connection")).await;
     })
     .catch_unwind()
     .await;

@@ -221,13 +221,35 @@ async fn worker(rows: Arc<Coalescer>, state: Arc<State>, permits: Arc<Semaphore>
 }
 
 /// Re-reads a batch and sends, per campaign, each payload and then one reload.
+///
+/// A row is re-read only if its campaign as last notified has subscribers now: its payload
+/// goes nowhere else. If the row has moved since, the move has a notification of its own,
+/// folded into the row's next re-read. A subscriber that arrives after this check missed a
+/// change committed before it subscribed, as with Rails (ActionCable has no replay); it still
+/// gets the reload, which costs nothing when nobody listens.
 async fn process(state: &State, table: Table, batch: Vec<(Uuid, Work)>) {
     let started = Instant::now();
+    let mut watched: HashMap<Uuid, bool> = HashMap::new();
+    let mut is_watched = |campaign: Uuid| {
+        *watched
+            .entry(campaign)
+            .or_insert_with(|| state.hub.is_watched(&format!("campaign_{campaign}")))
+    };
+    // Rows owed a payload that nobody would receive.
+    let unwatched: Vec<bool> = batch
+        .iter()
+        .map(|(_, w)| w.render && !w.campaign.is_some_and(&mut is_watched))
+        .collect();
     let wanted: Vec<Uuid> = batch
         .iter()
-        .filter(|(_, w)| w.render)
-        .map(|(id, _)| *id)
+        .zip(&unwatched)
+        .filter(|((_, w), skip)| w.render && !**skip)
+        .map(|((id, _), _)| *id)
         .collect();
+    let skipped = unwatched.iter().filter(|s| **s).count();
+    if skipped > 0 {
+        state.metrics.rereads_skipped(skipped as u64);
+    }
     let mut rendered: HashMap<Uuid, (Option<Uuid>, Option<String>)> = HashMap::new();
     if !wanted.is_empty() {
         match reread(state, table, &wanted).await {
@@ -270,7 +292,7 @@ async fn process(state: &State, table: Table, batch: Vec<(Uuid, Work)>) {
             Some((Some(campaign), None)) => owed.push(campaign),
             // Moved out of every campaign.
             Some((None, _)) => {}
-            // Gone before we could read it (or the read failed).
+            // Gone before we could read it, the read failed, or nobody watched its campaign.
             None => owed.extend(work.campaign),
         }
         for c in owed {
@@ -286,8 +308,10 @@ async fn process(state: &State, table: Table, batch: Vec<(Uuid, Work)>) {
     for campaign in reloads {
         send_encoded(state, &format!("campaign_{campaign}"), reload.clone());
     }
-    for (_, work) in &batch {
-        state.metrics.commit_to_send(work.since);
+    for ((_, work), skip) in batch.iter().zip(&unwatched) {
+        if !skip {
+            state.metrics.commit_to_send(work.since);
+        }
     }
 }
 
@@ -298,19 +322,34 @@ async fn reread(
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, (Option<Uuid>, Option<String>)>, String> {
     let client = state.pool.get().await.map_err(|e| e.to_string())?;
-    // One snapshot for the batch's few queries, so a payload never mixes two committed states.
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await
-        .map_err(|e| e.to_string())?;
-    let loaded = render::load(&client, render_table(table), ids, &state.render).await;
-    let end = if loaded.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    if let Err(e) = client.batch_execute(end).await {
-        // Don't hand a connection stuck in a transaction back to the pool.
-        let _ = deadpool_postgres::Object::take(client);
-        return Err(e.to_string());
+    let mut loaded = snapshot_load(state, &client, table, ids).await;
+    if matches!(&loaded, Err(Failure::Query(e)) if render::stale_statement(e)) {
+        // A schema change invalidated a statement this connection prepared (or the server
+        // forgot it): prepare afresh and try once more.
+        tracing::info!(
+            table = table.plural(),
+            "re-read statements invalidated; preparing them again"
+        );
+        state.metrics.statements_reprepared();
+        client.statement_cache.clear();
+        loaded = snapshot_load(state, &client, table, ids).await;
     }
-    let (ok, failed) = loaded.map_err(|e| e.to_string())?;
+    let (ok, failed) = match loaded {
+        Ok(rows) => rows,
+        Err(Failure::Query(e)) => return Err(crate::db::error_text(&e)),
+        Err(Failure::End(e)) => {
+            // Don't hand a connection stuck in a transaction back to the pool.
+            let _ = deadpool_postgres::Object::take(client);
+            return Err(crate::db::error_text(&e));
+        }
+    };
+    // The snapshot is read only and already read: end it off the latency path. The connection
+    // goes back to the pool once COMMIT is answered (or is dropped if that fails).
+    tokio::spawn(async move {
+        if client.batch_execute("COMMIT").await.is_err() {
+            let _ = deadpool_postgres::Object::take(client);
+        }
+    });
     let mut out = HashMap::with_capacity(ids.len());
     for r in ok {
         out.insert(r.id, (r.campaign_id, Some(r.payload)));
@@ -319,6 +358,39 @@ async fn reread(
         out.insert(id, (campaign, None));
     }
     Ok(out)
+}
+
+/// Why [`snapshot_load`] failed.
+enum Failure {
+    /// `BEGIN` or a query failed; the transaction was rolled back.
+    Query(tokio_postgres::Error),
+    /// The `ROLLBACK` after a failure failed too: the connection's state is unknown.
+    End(tokio_postgres::Error),
+}
+
+/// Loads the rows in one snapshot, so a payload never mixes two committed states. `BEGIN` and
+/// the queries go out together (tokio-postgres sends a request when its future is first
+/// polled, and `join` polls `BEGIN` first), so a batch whose statements are cached costs one
+/// round trip. On success the transaction is left open for the caller to `COMMIT`.
+async fn snapshot_load(
+    state: &State,
+    client: &deadpool_postgres::ClientWrapper,
+    table: Table,
+    ids: &[Uuid],
+) -> Result<(Vec<render::Rendered>, render::Failed), Failure> {
+    let (began, loaded) = futures_util::future::join(
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        render::load(client, render_table(table), ids, &state.render),
+    )
+    .await;
+    // Rows read outside the snapshot (BEGIN failed) are not used either.
+    match began.and(loaded) {
+        Ok(rows) => Ok(rows),
+        Err(e) => match client.batch_execute("ROLLBACK").await {
+            Ok(()) => Err(Failure::Query(e)),
+            Err(end) => Err(Failure::End(end)),
+        },
+    }
 }
 
 fn render_table(table: Table) -> render::Table {

@@ -4,8 +4,9 @@
 //! belongs_to rows, attachment and id lists (correlated `ARRAY(…)` subqueries),
 //! and their image positions.
 
+use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::json::push_str;
@@ -14,7 +15,7 @@ use super::out::{
     image_columns, image_join, push_bool, push_image_url, push_jsonb, push_opt_bool, push_opt_i32,
     push_opt_str, push_opt_uuid, push_uuid, push_uuid_array, xmlschema, Obj,
 };
-use super::{Batch, Failed, RenderError, Rendered};
+use super::{both, query, Batch, Failed, RenderError, Rendered};
 
 /// Id lists are ordered by the primary key of the linking row.
 const QUERY: &str = concat!(
@@ -50,15 +51,16 @@ const QUERY: &str = concat!(
 
 /// Loads and renders a batch of characters.
 pub(crate) async fn load(
-    client: &Client,
+    client: &ClientWrapper,
     ids: &[Uuid],
     endpoint: Option<&str>,
 ) -> Result<(Vec<Rendered>, Failed), tokio_postgres::Error> {
-    let params: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::UUID_ARRAY)];
-    let (rows, positions) = tokio::try_join!(
-        client.query_typed(QUERY, &params),
+    let params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (rows, positions) = tokio::join!(
+        query(client, QUERY, &[Type::UUID_ARRAY], &params),
         load_positions(client, "Character", ids),
-    )?;
+    );
+    let (rows, positions) = both(rows, positions)?;
     let mut batch = Batch::new("characters", rows.len());
     for row in &rows {
         let id: Uuid = row.try_get("id")?;

@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 
+use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::json::push_str;
@@ -17,7 +18,7 @@ use super::out::{
     image_columns, image_join, push_bool, push_image_url, push_opt_i32, push_opt_str,
     push_opt_uuid, push_uuid, push_uuid_array, xmlschema, Obj,
 };
-use super::{Batch, Failed, RenderError, Rendered};
+use super::{both, query, Batch, Failed, RenderError, Rendered};
 
 const QUERY: &str = concat!(
     "SELECT f.id, f.campaign_id, f.name, f.description, ",
@@ -50,16 +51,17 @@ const SHOTS: &str = concat!(
 
 /// Loads and renders a batch of fights.
 pub(crate) async fn load(
-    client: &Client,
+    client: &ClientWrapper,
     ids: &[Uuid],
     endpoint: Option<&str>,
 ) -> Result<(Vec<Rendered>, Failed), tokio_postgres::Error> {
-    let params: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::UUID_ARRAY)];
-    let (rows, shot_rows, positions) = tokio::try_join!(
-        client.query_typed(QUERY, &params),
-        client.query_typed(SHOTS, &params),
+    let params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (rows, shot_rows, positions) = tokio::join!(
+        query(client, QUERY, &[Type::UUID_ARRAY], &params),
+        query(client, SHOTS, &[Type::UUID_ARRAY], &params),
         load_positions(client, "Fight", ids),
-    )?;
+    );
+    let ((rows, shot_rows), positions) = both(both(rows, shot_rows), positions)?;
     let mut shots: HashMap<Uuid, Vec<Row>> = HashMap::new();
     for row in shot_rows {
         let fight: Uuid = row.try_get("fight_id")?;

@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
+use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::json::push_str;
@@ -70,20 +71,21 @@ pub(crate) type Positions = HashMap<Uuid, Vec<Row>>;
 
 /// Loads the image positions of records of `positionable_type` (`Character`, …).
 pub(crate) async fn load_positions(
-    client: &Client,
+    client: &ClientWrapper,
     positionable_type: &str,
     ids: &[Uuid],
 ) -> Result<Positions, tokio_postgres::Error> {
-    let rows = client
-        .query_typed(
-            "SELECT positionable_id, id, context, x_position, y_position, \
+    let rows = super::query(
+        client,
+        "SELECT positionable_id, id, context, x_position, y_position, \
              style_overrides::text AS style_overrides \
              FROM image_positions \
              WHERE positionable_type = $1 AND positionable_id = ANY($2) \
              ORDER BY positionable_id, id",
-            &[(&positionable_type, Type::TEXT), (&ids, Type::UUID_ARRAY)],
-        )
-        .await?;
+        &[Type::TEXT, Type::UUID_ARRAY],
+        &[&positionable_type, &ids],
+    )
+    .await?;
     let mut map: Positions = HashMap::new();
     for row in rows {
         let owner: Uuid = row.try_get(0)?;

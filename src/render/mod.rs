@@ -3,7 +3,9 @@
 //! This module owns turning a batch of changed row ids into the exact JSON the
 //! legacy Rails serializers produce for them: it re-reads the rows (a few
 //! pipelined `= ANY($1)` queries per batch, explicit columns only, so extra
-//! production columns and tables are harmless) and writes each payload object
+//! production columns and tables are harmless; each a statement prepared once
+//! per pool connection, so Postgres does not parse and plan it on every batch)
+//! and writes each payload object
 //! byte for byte. Submodules: [`json`] (ActiveSupport encoding),
 //! [`image_url`] (the `WithImagekit` rule), one module per serializer
 //! (`character`, `vehicle`, `fight`) and `lite` for the nested serializers.
@@ -22,6 +24,10 @@ mod vehicle;
 
 use std::fmt;
 
+use deadpool_postgres::ClientWrapper;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 /// Which legacy table a change is about.
@@ -58,16 +64,22 @@ pub struct RenderConfig {
 /// Rows that exist but failed to render: `(id, campaign_id)`.
 pub type Failed = Vec<(Uuid, Option<Uuid>)>;
 
-/// Re-reads the given rows (one batch, a few pipelined round trips) and
+/// Re-reads the given rows (one batch, a few pipelined queries) and
 /// renders each one that still exists. Rows that are gone are absent from
 /// the result. A row that fails to render is logged (`tracing::error!` with
 /// its id) and returned in the second vector so the caller still sends the
 /// reload. Duplicate ids are rendered once. Output follows no particular order.
 ///
+/// The queries are statements prepared once per pool connection and kept in
+/// its statement cache (`client.statement_cache`). Each query is sent when
+/// the returned future is first polled, so a caller may pipeline a `BEGIN`
+/// ahead of it. If a schema change invalidated a cached statement, the error
+/// satisfies [`stale_statement`]: clear the cache and load again.
+///
 /// An `Err` means a query failed (connection or schema problem); nothing of
 /// the batch is rendered then.
 pub async fn load(
-    client: &tokio_postgres::Client,
+    client: &ClientWrapper,
     table: Table,
     ids: &[Uuid],
     cfg: &RenderConfig,
@@ -81,6 +93,44 @@ pub async fn load(
         Table::Vehicles => vehicle::load(client, ids, endpoint).await,
         Table::Fights => fight::load(client, ids, endpoint).await,
     }
+}
+
+/// Runs one render query as a statement prepared once per connection (a
+/// cache hit sends the query at once, without a round trip of its own).
+pub(crate) async fn query(
+    client: &ClientWrapper,
+    sql: &str,
+    types: &[Type],
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = client.prepare_typed_cached(sql, types).await?;
+    client.query(&statement, params).await
+}
+
+/// Both results, or the error that explains the failure. Queries pipelined in one
+/// transaction fail together: once one fails, those behind it fail with
+/// `in_failed_sql_transaction`, which says nothing, so the other error is the cause.
+pub(crate) fn both<A, B>(
+    a: Result<A, tokio_postgres::Error>,
+    b: Result<B, tokio_postgres::Error>,
+) -> Result<(A, B), tokio_postgres::Error> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(a), Err(b)) if a.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => Err(b),
+        (Err(a), Err(_)) => Err(a),
+    }
+}
+
+/// Whether a failed [`load`] may succeed after the connection's statement
+/// cache is cleared: a schema change altered a cached statement's result
+/// type (`cached plan must not change result type`), or the server no longer
+/// knows the statement (`DISCARD ALL`, `DEALLOCATE`).
+pub fn stale_statement(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::FEATURE_NOT_SUPPORTED || *c == SqlState::INVALID_SQL_STATEMENT_NAME
+    )
 }
 
 /// Why one row could not be rendered.

@@ -3,8 +3,9 @@
 //! One batch costs two pipelined queries: the vehicles with their belongs_to
 //! rows and attachment, and their image positions.
 
+use deadpool_postgres::ClientWrapper;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::json::push_str;
@@ -13,7 +14,7 @@ use super::out::{
     image_columns, image_join, push_bool, push_image_url, push_jsonb, push_opt_bool, push_opt_str,
     push_opt_uuid, push_uuid, xmlschema, Obj,
 };
-use super::{Batch, Failed, RenderError, Rendered};
+use super::{both, query, Batch, Failed, RenderError, Rendered};
 
 const QUERY: &str = concat!(
     "SELECT v.id, v.campaign_id, v.name, v.action_values::text AS action_values, v.task, v.active, ",
@@ -36,15 +37,16 @@ const QUERY: &str = concat!(
 
 /// Loads and renders a batch of vehicles.
 pub(crate) async fn load(
-    client: &Client,
+    client: &ClientWrapper,
     ids: &[Uuid],
     endpoint: Option<&str>,
 ) -> Result<(Vec<Rendered>, Failed), tokio_postgres::Error> {
-    let params: [(&(dyn ToSql + Sync), Type); 1] = [(&ids, Type::UUID_ARRAY)];
-    let (rows, positions) = tokio::try_join!(
-        client.query_typed(QUERY, &params),
+    let params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (rows, positions) = tokio::join!(
+        query(client, QUERY, &[Type::UUID_ARRAY], &params),
         load_positions(client, "Vehicle", ids),
-    )?;
+    );
+    let (rows, positions) = both(rows, positions)?;
     let mut batch = Batch::new("vehicles", rows.len());
     for row in &rows {
         let id: Uuid = row.try_get("id")?;

@@ -294,10 +294,12 @@ impl Cable {
         assert_eq!(self.next_text().await, confirm(identifier));
     }
 
-    /// The next frame that is not a ping, as a raw message (text, close, ...).
+    /// The next frame that is not a ping, as a raw message (text, close, ...). Fails the test
+    /// if none comes within [`WAIT`] (pings don't extend the wait).
     pub async fn next_message(&mut self) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => panic!("no frame within {WAIT:?}"),
                 Ok(None) => return None,
                 Ok(Some(Err(e))) => panic!("socket error: {e}"),
