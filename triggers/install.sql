@@ -127,7 +127,8 @@ $$;
 -- pgcable_old / pgcable_new. One statement's changes to one table become one NOTIFY
 --   {"k":"r","t":"<table>","c":[[action, id, new campaign_id, old campaign_id], ...]}
 -- or, for big statements, several, each under 7000 bytes. The 4th element is left out when it
--- equals the 3rd. Actions: i insert, u update, t update of updated_at only ("touch"), d delete.
+-- equals the 3rd. Actions: i insert, u update, t update of updated_at only ("touch"; fights only,
+-- other tables report a touch as u), d delete.
 -- An UPDATE that leaves a row byte-for-byte unchanged sends nothing; one that changes a row's id
 -- is sent as d of the old id plus i of the new one.
 --
@@ -153,8 +154,11 @@ BEGIN
     IF TG_OP = 'UPDATE' THEN
         -- Old and new rows are paired by id. `*=` compares the rows' stored bytes: it works for
         -- every column type (json, point, ... have no `=`) and never calls a changed row equal.
-        -- Only when a row changed and so did updated_at, the row is compared again with
-        -- updated_at put back to its old value, to tell a touch from a real update.
+        -- Only for fights (the relay treats a touch like an update everywhere else), and only
+        -- when a row changed and so did updated_at, the row is compared again with updated_at
+        -- put back to its old value, to tell a touch from a real update. Skipping that second
+        -- comparison elsewhere saves about a tenth of a bulk UPDATE's time: Rails sets
+        -- updated_at in every update.
         -- Keep the FULL JOIN: plpgsql caches this plan as made for the first statement's row
         -- counts, and a full join can only be a hash or merge join, never a nested loop that
         -- a later 10,000-row statement would run in quadratic time.
@@ -168,7 +172,8 @@ BEGIN
           FROM (SELECT CASE
                            WHEN o.id IS NULL THEN 'i'
                            WHEN n.id IS NULL THEN 'd'
-                           WHEN o.updated_at IS DISTINCT FROM n.updated_at
+                           WHEN TG_TABLE_NAME = 'fights'
+                                AND o.updated_at IS DISTINCT FROM n.updated_at
                                 AND pg_catalog.jsonb_populate_record(
                                         n.*, pg_catalog.jsonb_build_object('updated_at', o.updated_at))
                                     OPERATOR(pg_catalog.*=) o.*

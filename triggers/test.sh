@@ -126,7 +126,7 @@ expect "update of columns and updated_at" "$R[[\"u\",\"$ID\",\"$C1\"]]}" "$(noti
 UPDATE characters SET name = 'C', updated_at = updated_at + interval '1 second' WHERE id = '$ID';
 SQL
 )"
-expect "touch (only updated_at)" "$R[[\"t\",\"$ID\",\"$C1\"]]}" "$(notifs <<SQL
+expect "touch (only updated_at) of a character is an update (only fights tell touches)" "$R[[\"u\",\"$ID\",\"$C1\"]]}" "$(notifs <<SQL
 UPDATE characters SET updated_at = updated_at + interval '1 second' WHERE id = '$ID';
 SQL
 )"
@@ -163,7 +163,7 @@ expect "campaign to NULL" "$R[[\"u\",\"$ID\",null,\"$C2\"]]}" "$(notifs <<SQL
 UPDATE characters SET campaign_id = NULL WHERE id = '$ID';
 SQL
 )"
-expect "touch of a row without campaign" "$R[[\"t\",\"$ID\",null]]}" "$(notifs <<SQL
+expect "touch of a row without campaign" "$R[[\"u\",\"$ID\",null]]}" "$(notifs <<SQL
 UPDATE characters SET updated_at = updated_at + interval '1 second' WHERE id = '$ID';
 SQL
 )"
@@ -205,12 +205,12 @@ SQL
 )"
 expect "one transaction, several statements: one NOTIFY per statement, in order" \
     "$R[[\"u\",\"$ID\",\"$C1\"]]}
-$R[[\"t\",\"$ID\",\"$C1\"]]}
-$R[[\"u\",\"$ID\",\"$C2\",\"$C1\"]]}" "$(notifs <<SQL
+$R[[\"u\",\"$ID\",null,\"$C1\"]]}
+$R[[\"u\",\"$ID\",\"$C2\",null]]}" "$(notifs <<SQL
 BEGIN;
 UPDATE characters SET name = 'X' WHERE id = '$ID';
-UPDATE characters SET updated_at = updated_at + interval '1 second' WHERE id = '$ID';
-UPDATE characters SET campaign_id = '$C2' WHERE id = '$ID';
+UPDATE characters SET campaign_id = NULL WHERE id = '$ID';
+UPDATE characters SET campaign_id = '$C2', updated_at = updated_at + interval '1 second' WHERE id = '$ID';
 COMMIT;
 SQL
 )"
@@ -249,7 +249,7 @@ fi
 V=00000000-0000-4000-8000-000000000201
 F=00000000-0000-4000-8000-000000000301
 expect "vehicles" "{\"k\":\"r\",\"t\":\"vehicles\",\"c\":[[\"i\",\"$V\",\"$C1\",null]]}
-{\"k\":\"r\",\"t\":\"vehicles\",\"c\":[[\"t\",\"$V\",\"$C1\"]]}
+{\"k\":\"r\",\"t\":\"vehicles\",\"c\":[[\"u\",\"$V\",\"$C1\"]]}
 {\"k\":\"r\",\"t\":\"vehicles\",\"c\":[[\"d\",\"$V\",null,\"$C1\"]]}" "$(notifs <<SQL
 INSERT INTO vehicles (id, name, action_values, created_at, updated_at, campaign_id) VALUES ('$V', 'Taxi', '{}', now(), now(), '$C1');
 UPDATE vehicles SET updated_at = updated_at + interval '1 second';
@@ -299,7 +299,7 @@ check_bulk "bulk update" u 125
 notifs >"$work/bulk.txt" <<SQL
 UPDATE characters SET updated_at = updated_at + interval '1 second' WHERE name LIKE 'Bulk %';
 SQL
-check_bulk "bulk touch" t 125
+check_bulk "bulk touch" u 125
 # the longest entries: 4 uuids' worth
 notifs >"$work/bulk.txt" <<SQL
 UPDATE characters SET campaign_id = '$C2' WHERE name LIKE 'Bulk %';

@@ -113,10 +113,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4)]
     writers: usize,
     /// Ingest: row changes per second over all writers (0: as fast as they go).
-    #[arg(long, default_value_t = 10_000.0)]
+    #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    /// Ingest: rows each UPDATE changes.
-    #[arg(long, default_value_t = 10)]
+    /// Ingest: rows each UPDATE changes. With few rows per statement the writers' commits,
+    /// one at a time behind Postgres's NOTIFY lock, limit the rate before the relay does.
+    #[arg(long, default_value_t = 100)]
     rows_per_statement: usize,
     /// Ingest: campaigns the subscribers are spread over.
     #[arg(long, default_value_t = 100)]
@@ -522,8 +523,10 @@ fn checks(r: &Results) -> Vec<Check> {
             .as_ref()
             .map(|i| {
                 format!(
-                    "{} rows/s, queue max {} %, growth {} %",
+                    "{} rows/s ({} writers × {}-row UPDATEs), queue max {} %, growth {} %",
                     num(Some(i.rows_per_sec), 0),
+                    i.writers,
+                    i.rows_per_statement,
                     num(Some(i.queue_max * 100.0), 4),
                     num(Some(i.queue_growth * 100.0), 4)
                 )
