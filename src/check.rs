@@ -201,13 +201,14 @@ async fn trigger_state(client: &Client) -> Finding {
             ),
         );
     }
-    if let Some(t) = tables.iter().find(|t| t.triggers.is_empty()) {
+    if let Some(t) = tables.iter().find(|t| !t.missing().is_empty()) {
         return Finding::new(
             NAME,
             Verdict::Fail,
             format!(
-                "version {v} installed, but public.{} has no pgcable triggers: {install}",
-                t.table
+                "version {v} installed, but public.{} lacks the pgcable triggers {}: {install}",
+                t.table,
+                t.missing().join(", ")
             ),
         );
     }

@@ -161,7 +161,7 @@ async fn triggers_command(action: TriggersAction) -> Result<ExitCode, String> {
                     }
                 );
             }
-            let all = tables.iter().all(|t| !t.triggers.is_empty());
+            let all = tables.iter().all(|t| t.missing().is_empty());
             match version {
                 Some(v) if v == triggers::VERSION && all => {
                     println!("installed version {v} (current)");

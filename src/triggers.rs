@@ -61,6 +61,14 @@ pub async fn is_current(client: &Client) -> bool {
     }
 }
 
+/// The triggers install.sql puts on each table.
+pub const TRIGGERS: [&str; 4] = [
+    "pgcable_delete",
+    "pgcable_insert",
+    "pgcable_truncate",
+    "pgcable_update",
+];
+
 /// One table's trigger state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableStatus {
@@ -70,6 +78,16 @@ pub struct TableStatus {
     pub exists: bool,
     /// Names of pgcable triggers on it.
     pub triggers: Vec<String>,
+}
+
+impl TableStatus {
+    /// The pgcable triggers this table should have and lacks.
+    pub fn missing(&self) -> Vec<&'static str> {
+        TRIGGERS
+            .into_iter()
+            .filter(|t| !self.triggers.iter().any(|have| have == t))
+            .collect()
+    }
 }
 
 /// Per-table trigger state.

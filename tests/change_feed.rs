@@ -510,6 +510,27 @@ async fn a_row_deleted_before_its_reread_yields_the_reload_only() {
 }
 
 #[tokio::test]
+async fn truncate_reloads_that_table_in_every_watched_campaign() {
+    let s = setup().await;
+    let mut w = Watcher::new(s.relay.addr, s.user, s.a, s.b, None).await;
+    let c = s.db.client().await;
+    c.batch_execute("TRUNCATE vehicles CASCADE")
+        .await
+        .expect("truncate");
+    let mut frames = w.take(2).await;
+    frames.sort();
+    assert_eq!(
+        frames,
+        [
+            ("A", r#"{"vehicles":"reload"}"#.to_string()),
+            ("B", r#"{"vehicles":"reload"}"#.to_string())
+        ]
+    );
+    w.quiet().await;
+    s.relay.shutdown();
+}
+
+#[tokio::test]
 async fn listener_killed_reconnects_and_reloads_every_watched_campaign() {
     let s = setup().await;
     let mut w = Watcher::new(s.relay.addr, s.user, s.a, s.b, None).await;

@@ -228,20 +228,34 @@ BEGIN
 END
 $$;
 
+-- TRUNCATE has no rows to report: every campaign showing the table is told to reload it.
+--   {"k":"x","t":"<table>","a":<µs>}
+CREATE OR REPLACE FUNCTION pgcable.table_truncated() RETURNS trigger
+    LANGUAGE plpgsql VOLATILE
+    AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('pgcable', '{"k":"x","t":"' || TG_TABLE_NAME || '","a":'
+        || (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::bigint::text || '}');
+    RETURN NULL;
+END
+$$;
+
 REVOKE ALL ON SCHEMA pgcable FROM PUBLIC;
 GRANT USAGE ON SCHEMA pgcable TO PUBLIC;
 REVOKE ALL ON TABLE pgcable.messages FROM PUBLIC;
 REVOKE ALL ON SEQUENCE pgcable.nonce FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgcable.row_changes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgcable.table_truncated() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcable.broadcast(text, jsonb) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcable.disconnect(uuid, boolean) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcable.version() TO PUBLIC;
 
--- Three triggers per table: transition tables differ per event, so one trigger cannot serve
--- INSERT, UPDATE and DELETE.
+-- Four triggers per table: transition tables differ per event, so one trigger cannot serve
+-- INSERT, UPDATE and DELETE; TRUNCATE has no transition tables.
 DROP TRIGGER IF EXISTS pgcable_insert ON public.characters;
 DROP TRIGGER IF EXISTS pgcable_update ON public.characters;
 DROP TRIGGER IF EXISTS pgcable_delete ON public.characters;
+DROP TRIGGER IF EXISTS pgcable_truncate ON public.characters;
 CREATE TRIGGER pgcable_insert AFTER INSERT ON public.characters
     REFERENCING NEW TABLE AS pgcable_new
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.row_changes();
@@ -251,10 +265,13 @@ CREATE TRIGGER pgcable_update AFTER UPDATE ON public.characters
 CREATE TRIGGER pgcable_delete AFTER DELETE ON public.characters
     REFERENCING OLD TABLE AS pgcable_old
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.row_changes();
+CREATE TRIGGER pgcable_truncate AFTER TRUNCATE ON public.characters
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.table_truncated();
 
 DROP TRIGGER IF EXISTS pgcable_insert ON public.vehicles;
 DROP TRIGGER IF EXISTS pgcable_update ON public.vehicles;
 DROP TRIGGER IF EXISTS pgcable_delete ON public.vehicles;
+DROP TRIGGER IF EXISTS pgcable_truncate ON public.vehicles;
 CREATE TRIGGER pgcable_insert AFTER INSERT ON public.vehicles
     REFERENCING NEW TABLE AS pgcable_new
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.row_changes();
@@ -264,10 +281,13 @@ CREATE TRIGGER pgcable_update AFTER UPDATE ON public.vehicles
 CREATE TRIGGER pgcable_delete AFTER DELETE ON public.vehicles
     REFERENCING OLD TABLE AS pgcable_old
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.row_changes();
+CREATE TRIGGER pgcable_truncate AFTER TRUNCATE ON public.vehicles
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.table_truncated();
 
 DROP TRIGGER IF EXISTS pgcable_insert ON public.fights;
 DROP TRIGGER IF EXISTS pgcable_update ON public.fights;
 DROP TRIGGER IF EXISTS pgcable_delete ON public.fights;
+DROP TRIGGER IF EXISTS pgcable_truncate ON public.fights;
 CREATE TRIGGER pgcable_insert AFTER INSERT ON public.fights
     REFERENCING NEW TABLE AS pgcable_new
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.row_changes();
@@ -277,5 +297,7 @@ CREATE TRIGGER pgcable_update AFTER UPDATE ON public.fights
 CREATE TRIGGER pgcable_delete AFTER DELETE ON public.fights
     REFERENCING OLD TABLE AS pgcable_old
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.row_changes();
+CREATE TRIGGER pgcable_truncate AFTER TRUNCATE ON public.fights
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.table_truncated();
 
 COMMIT;

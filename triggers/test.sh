@@ -91,14 +91,14 @@ triggers_count() { q -c "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgca
 snapshot() { q -c "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM characters c"; }
 before=$(snapshot)
 psql_ -d "$db" -f "$here/install.sql" && psql_ -d "$db" -f "$here/install.sql" && ok "install twice"
-expect "9 triggers after installing twice" 9 "$(triggers_count)"
+expect "12 triggers after installing twice" 12 "$(triggers_count)"
 expect "version() = 1" 1 "$(q -c 'SELECT pgcable.version()')"
 psql_ -d "$db" -f "$here/uninstall.sql" && psql_ -d "$db" -f "$here/uninstall.sql" && ok "uninstall twice"
 expect "no triggers after uninstall" 0 "$(triggers_count)"
 expect "no schema pgcable after uninstall" "" "$(q -c "SELECT nspname FROM pg_namespace WHERE nspname = 'pgcable'")"
 expect "data untouched by install/uninstall" "$before" "$(snapshot)"
 psql_ -d "$db" -f "$here/install.sql" && ok "install again"
-expect "9 triggers after reinstall" 9 "$(triggers_count)"
+expect "12 triggers after reinstall" 12 "$(triggers_count)"
 out=$(psql -X -q -d "$db" -f "$here/install.sql" 2>&1)
 expect "install is quiet" "" "$out"
 
@@ -266,6 +266,16 @@ UPDATE fights SET updated_at = updated_at + interval '1 second';
 DELETE FROM fights;
 SQL
 )"
+expect "TRUNCATE: one payload naming the table, no rows" '{"k":"x","t":"fights"}' "$(notifs <<SQL
+TRUNCATE fights CASCADE;
+SQL
+)"
+expect_any "TRUNCATE of two tables: one payload each" "$(notifs <<SQL
+TRUNCATE vehicles, fights CASCADE;
+SQL
+)" '{"k":"x","t":"vehicles"}
+{"k":"x","t":"fights"}' '{"k":"x","t":"fights"}
+{"k":"x","t":"vehicles"}'
 
 # ---------------------------------------------------------------------------------------------
 echo "# bulk statements are batched"

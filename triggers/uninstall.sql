@@ -18,7 +18,7 @@ DECLARE
 BEGIN
     FOREACH tbl IN ARRAY ARRAY['characters', 'vehicles', 'fights'] LOOP
         IF pg_catalog.to_regclass(pg_catalog.format('public.%I', tbl)) IS NOT NULL THEN
-            FOREACH trg IN ARRAY ARRAY['pgcable_insert', 'pgcable_update', 'pgcable_delete'] LOOP
+            FOREACH trg IN ARRAY ARRAY['pgcable_insert', 'pgcable_update', 'pgcable_delete', 'pgcable_truncate'] LOOP
                 EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON public.%I', trg, tbl);
             END LOOP;
         END IF;

@@ -103,6 +103,8 @@ pub enum Event {
     },
     /// Row changes from one statement, and when it ran (µs since the epoch).
     Rows(Vec<RowChange>, Option<i64>),
+    /// `TRUNCATE` of a table: no rows to report, every campaign reloads it.
+    Truncated(Table, Option<i64>),
 }
 
 #[derive(Deserialize)]
@@ -149,6 +151,11 @@ pub fn parse(payload: &str) -> Result<Event, String> {
                 .collect::<Result<Vec<_>, _>>()
                 .map(|rows| Event::Rows(rows, raw.a))
         }
+        "x" => raw
+            .t
+            .and_then(Table::from_name)
+            .map(|table| Event::Truncated(table, raw.a))
+            .ok_or_else(|| "truncate of an unknown table".to_string()),
         other => Err(format!("unknown payload kind {other:?}")),
     }
 }
@@ -197,6 +204,19 @@ fn row_change(table: Table, entry: Vec<Option<String>>) -> Result<RowChange, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate() {
+        assert_eq!(
+            parse(r#"{"k":"x","t":"vehicles","a":1700000000000000}"#),
+            Ok(Event::Truncated(
+                Table::Vehicles,
+                Some(1_700_000_000_000_000)
+            ))
+        );
+        assert!(parse(r#"{"k":"x","t":"users"}"#).is_err());
+        assert!(parse(r#"{"k":"x"}"#).is_err());
+    }
 
     #[test]
     fn parses_each_kind() {

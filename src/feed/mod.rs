@@ -48,6 +48,15 @@ pub async fn dispatch(
                                 .disconnect_user(user, DisconnectReason::Remote, reconnect);
                         tracing::info!(%user, connections = n, "disconnect requested from SQL");
                     }
+                    Ok(Event::Truncated(table, at)) => {
+                        let n = reload_campaigns(&state, &[table]);
+                        tracing::info!(
+                            table = table.plural(),
+                            campaigns = n,
+                            "table truncated: reloads sent"
+                        );
+                        state.metrics.commit_to_send(at);
+                    }
                     Ok(Event::Rows(changes, at)) => {
                         let (_, folded) = rows.push(changes, at);
                         state.metrics.coalesced(folded as u64);
@@ -110,19 +119,25 @@ async fn fetch_stored(state: &State, id: i64) -> Result<Option<(String, String)>
 
 /// After a gap in the feed, every campaign with subscribers reloads every table.
 fn reload_everything(state: &State) {
+    let n = reload_campaigns(state, &Table::ALL);
+    tracing::info!(campaigns = n, "gap reloads sent");
+}
+
+/// Sends `{"<table>":"reload"}` for each table to every watched campaign; returns how many.
+fn reload_campaigns(state: &State, tables: &[Table]) -> usize {
     let streams = state.hub.streams_with_prefix("campaign_");
     // Only `campaign_<uuid>`, not the per-client `campaign_<uuid>_<client>` streams.
     let campaigns: Vec<&String> = streams
         .iter()
         .filter(|s| s.len() == "campaign_".len() + 36)
         .collect();
-    for table in Table::ALL {
-        let message = reload_message(table);
+    for table in tables {
+        let message = reload_message(*table);
         for stream in &campaigns {
             send_encoded(state, stream, message.clone());
         }
     }
-    tracing::info!(campaigns = campaigns.len(), "gap reloads sent");
+    campaigns.len()
 }
 
 /// `{"<plural>":"reload"}`.
