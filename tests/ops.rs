@@ -7,50 +7,16 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{campaign_channel, delivery, Cable, TestDb};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{campaign_channel, delivery, Cable, HttpResponse, TestDb};
 
-struct HttpResponse {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-/// `GET path` over plain HTTP/1.1.
+/// `GET path`, checking that the body is not chunked (the helper reads fixed-length bodies).
 async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let header = |name: &str| {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-    };
+    let r = common::http_request(addr, path).await;
     assert!(
-        header("transfer-encoding").is_none(),
+        r.header("transfer-encoding").is_none(),
         "this helper reads fixed-length bodies only"
     );
-    HttpResponse {
-        status,
-        content_type: header("content-type").unwrap_or_default(),
-        body: body.to_string(),
-    }
+    r
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -75,7 +41,10 @@ async fn health_is_200_json() {
     let relay = common::relay(&db).await;
     let r = get(relay.addr, "/health").await;
     assert_eq!(r.status, 200);
-    assert!(r.content_type.starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("application/json"));
     assert_eq!(json(&r.body)["status"], "ok");
     relay.shutdown();
     relay.stopped().await;
@@ -87,7 +56,10 @@ async fn ready_when_listening_with_current_triggers() {
     let relay = common::relay(&db).await;
     let r = get(relay.addr, "/ready").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.content_type.starts_with("application/json"));
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("application/json"));
     let body = json(&r.body);
     assert_eq!(body["ready"], true);
     assert_eq!(body["listener"], true);
@@ -129,7 +101,10 @@ async fn metrics_move_with_traffic() {
     let relay = common::relay(&db).await;
     let before = get(relay.addr, "/metrics").await;
     assert_eq!(before.status, 200);
-    assert!(before.content_type.starts_with("text/plain"));
+    assert!(before
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/plain"));
 
     let user = db.user(false).await;
     let campaign = db.campaign(user).await;

@@ -387,8 +387,27 @@ pub fn ensure_node_modules() {
     });
 }
 
-/// `GET path` over plain HTTP/1.1 → (status, body).
-pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+/// A response read by [`http_request`].
+pub struct HttpResponse {
+    pub status: u16,
+    /// The header lines, as sent.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    }
+}
+
+/// `GET path` over plain HTTP/1.1 with `Connection: close`; reads the whole response.
+pub async fn http_request(addr: std::net::SocketAddr, path: &str) -> HttpResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(
@@ -408,5 +427,15 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status");
-    (status, body.to_string())
+    HttpResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// `GET path` over plain HTTP/1.1 → (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let r = http_request(addr, path).await;
+    (r.status, r.body)
 }
