@@ -201,14 +201,18 @@ async fn trigger_state(client: &Client) -> Finding {
             ),
         );
     }
-    if let Some(t) = tables.iter().find(|t| !t.missing().is_empty()) {
+    if let Some((t, missing)) = tables
+        .iter()
+        .map(|t| (t, t.missing()))
+        .find(|(_, missing)| !missing.is_empty())
+    {
         return Finding::new(
             NAME,
             Verdict::Fail,
             format!(
                 "version {v} installed, but public.{} lacks the pgcable triggers {}: {install}",
                 t.table,
-                t.missing().join(", ")
+                missing.join(", ")
             ),
         );
     }

@@ -227,29 +227,32 @@ async fn worker(rows: Arc<Coalescer>, state: Arc<State>, permits: Arc<Semaphore>
 /// folded into the row's next re-read. A subscriber that arrives after this check missed a
 /// change committed before it subscribed, as with Rails (ActionCable has no replay); it still
 /// gets the reload, which costs nothing when nobody listens.
-async fn process(state: &State, table: Table, batch: Vec<(Uuid, Work)>) {
+async fn process(state: &State, table: Table, mut batch: Vec<(Uuid, Work)>) {
     let started = Instant::now();
     let mut watched: HashMap<Uuid, bool> = HashMap::new();
-    let mut is_watched = |campaign: Uuid| {
-        *watched
-            .entry(campaign)
-            .or_insert_with(|| state.hub.is_watched(&format!("campaign_{campaign}")))
-    };
-    // Rows owed a payload that nobody would receive.
-    let unwatched: Vec<bool> = batch
-        .iter()
-        .map(|(_, w)| w.render && !w.campaign.is_some_and(&mut is_watched))
-        .collect();
+    let mut skipped = 0;
+    for (_, work) in batch.iter_mut().filter(|(_, w)| w.render) {
+        let campaign_watched = work.campaign.is_some_and(|c| {
+            *watched
+                .entry(c)
+                .or_insert_with(|| state.hub.is_watched(&format!("campaign_{c}")))
+        });
+        if !campaign_watched {
+            // Nobody would receive its payload: no re-read and no latency sample; the reload
+            // below still goes (to nobody, at no cost).
+            work.render = false;
+            work.since = None;
+            skipped += 1;
+        }
+    }
+    if skipped > 0 {
+        state.metrics.rereads_skipped(skipped);
+    }
     let wanted: Vec<Uuid> = batch
         .iter()
-        .zip(&unwatched)
-        .filter(|((_, w), skip)| w.render && !**skip)
-        .map(|((id, _), _)| *id)
+        .filter(|(_, w)| w.render)
+        .map(|(id, _)| *id)
         .collect();
-    let skipped = unwatched.iter().filter(|s| **s).count();
-    if skipped > 0 {
-        state.metrics.rereads_skipped(skipped as u64);
-    }
     let mut rendered: HashMap<Uuid, (Option<Uuid>, Option<String>)> = HashMap::new();
     if !wanted.is_empty() {
         match reread(state, table, &wanted).await {
@@ -308,10 +311,8 @@ async fn process(state: &State, table: Table, batch: Vec<(Uuid, Work)>) {
     for campaign in reloads {
         send_encoded(state, &format!("campaign_{campaign}"), reload.clone());
     }
-    for ((_, work), skip) in batch.iter().zip(&unwatched) {
-        if !skip {
-            state.metrics.commit_to_send(work.since);
-        }
+    for (_, work) in &batch {
+        state.metrics.commit_to_send(work.since);
     }
 }
 
