@@ -116,6 +116,16 @@ impl Metrics {
         histogram!("pgcable_reread_seconds").record(took.as_secs_f64());
     }
 
+    /// A batch of fights' encounters was read and rendered.
+    pub fn encounter_render(&self, took: Duration) {
+        histogram!("pgcable_encounter_render_seconds").record(took.as_secs_f64());
+    }
+
+    /// An encounter went to the hub.
+    pub fn encounter_sent(&self) {
+        counter!("pgcable_encounters_total").increment(1);
+    }
+
     /// A message went to the hub; `at` is when the writer's statement ran (µs since the epoch).
     pub fn commit_to_send(&self, at: Option<i64>) {
         let Some(at) = at else {

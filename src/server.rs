@@ -17,6 +17,8 @@ use crate::cable::frame::DisconnectReason;
 use crate::cable::presence::Presence;
 use crate::config::Config;
 use crate::feed::coalesce::Coalescer;
+use crate::feed::encounter::Encounters;
+use crate::feed::queue::Ledger;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::render::RenderConfig;
@@ -93,16 +95,16 @@ pub async fn start(config: Config) -> Result<Server, String> {
     let (trigger, shutdown) = shutdown::channel();
     let (items_tx, items_rx) = mpsc::unbounded_channel();
     // Leave one pool connection for authorization and access checks.
-    let rows = Coalescer::start(
-        state.clone(),
-        state.config.pool_size.saturating_sub(1).max(1),
-    );
+    let parallel = state.config.pool_size.saturating_sub(1).max(1);
+    let ledger = Arc::new(Ledger::default());
+    let encounters = Encounters::start(state.clone(), parallel, ledger.clone());
+    let rows = Coalescer::start(state.clone(), parallel, ledger, encounters.clone());
     tokio::spawn(feed::listener::run(
         state.clone(),
         items_tx,
         shutdown.clone(),
     ));
-    tokio::spawn(feed::dispatch(state.clone(), items_rx, rows));
+    tokio::spawn(feed::dispatch(state.clone(), items_rx, rows, encounters));
     tokio::spawn(feed::clean_stored(state.clone(), shutdown.clone()));
     tokio::spawn(tick(state.clone(), shutdown.clone()));
     tokio::spawn(watch_queue(state.clone(), shutdown.clone()));

@@ -10,10 +10,18 @@ pub const INSTALL_SQL: &str = include_str!("../triggers/install.sql");
 /// `triggers/uninstall.sql`.
 pub const UNINSTALL_SQL: &str = include_str!("../triggers/uninstall.sql");
 /// The version of the triggers this binary was built with (`pgcable.version()`).
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
-/// The watched tables.
-pub const TABLES: [&str; 3] = ["characters", "vehicles", "fights"];
+/// The watched tables: three whose rows the relay re-reads, then three whose changes reach it
+/// as the fights they belong to (live combat).
+pub const TABLES: [&str; 6] = [
+    "characters",
+    "vehicles",
+    "fights",
+    "shots",
+    "character_effects",
+    "chase_relationships",
+];
 
 /// The installed trigger version, or `None` if pgcable's triggers are not installed.
 pub async fn installed_version(client: &Client) -> Result<Option<i32>, tokio_postgres::Error> {

@@ -1,8 +1,10 @@
--- triggers/install.sql: pgcable change-feed triggers, version 1.
+-- triggers/install.sql: pgcable change-feed triggers, version 2.
 --
--- Installs schema `pgcable` and statement-level triggers on public.characters, public.vehicles and
--- public.fights that NOTIFY channel `pgcable` with identifiers of the changed rows (never row
--- data). See triggers/README.md for the payload contract, the cost and how to install.
+-- Installs schema `pgcable` and statement-level triggers that NOTIFY channel `pgcable` with
+-- identifiers of the changed rows (never row data): row changes of public.characters,
+-- public.vehicles and public.fights, and the fights whose live combat state may have changed
+-- through public.shots, public.character_effects and public.chase_relationships. See
+-- triggers/README.md for the payload contract, the cost and how to install.
 --
 -- Plain SQL, no psql meta-commands, so it can be run by psql (-f), by a Rails migration
 -- (execute File.read(...)) or by a client's simple-query "batch execute".
@@ -18,27 +20,38 @@ SET LOCAL client_min_messages = warning;
 -- transaction (and making every writer queue behind us). Just run it again later.
 SET LOCAL lock_timeout = '10s';
 
--- The three tables must exist and have the columns the triggers read.
+-- The watched tables must exist and have the columns the triggers read (each list: the table,
+-- then its columns; every column but updated_at must be a uuid).
 DO $check$
 DECLARE
+    spec text[];
     tbl text;
     col text;
     kind "char";
     typ pg_catalog.regtype;
 BEGIN
-    FOREACH tbl IN ARRAY ARRAY['characters', 'vehicles', 'fights'] LOOP
+    FOREACH spec SLICE 1 IN ARRAY ARRAY[
+        ARRAY['characters', 'id', 'campaign_id', 'updated_at'],
+        ARRAY['vehicles', 'id', 'campaign_id', 'updated_at'],
+        ARRAY['fights', 'id', 'campaign_id', 'updated_at'],
+        -- (padded to four with a second 'id': a plpgsql array must be rectangular)
+        ARRAY['shots', 'id', 'fight_id', 'id'],
+        ARRAY['character_effects', 'id', 'shot_id', 'id'],
+        ARRAY['chase_relationships', 'id', 'fight_id', 'id']
+    ] LOOP
+        tbl := spec[1];
         SELECT c.relkind INTO kind
           FROM pg_catalog.pg_class c
           JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace
          WHERE s.nspname = 'public' AND c.relname = tbl;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'pgcable install: table public.% does not exist', tbl
-                USING HINT = 'pgcable needs public.characters, public.vehicles and public.fights; load the application schema first.';
+                USING HINT = 'pgcable needs the application tables characters, vehicles, fights, shots, character_effects and chase_relationships; load the application schema first.';
         END IF;
         IF kind NOT IN ('r', 'p') THEN
             RAISE EXCEPTION 'pgcable install: public.% is not a table (relkind %)', tbl, kind;
         END IF;
-        FOREACH col IN ARRAY ARRAY['id', 'campaign_id', 'updated_at'] LOOP
+        FOREACH col IN ARRAY spec[2:] LOOP
             SELECT a.atttypid INTO typ
                FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = pg_catalog.format('public.%I', tbl)::pg_catalog.regclass
@@ -74,7 +87,7 @@ CREATE INDEX IF NOT EXISTS messages_created_at_idx ON pgcable.messages (created_
 -- The trigger version. The relay compares it with the version it was built for.
 CREATE OR REPLACE FUNCTION pgcable.version() RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$ SELECT 1 $$;
+    AS $$ SELECT 2 $$;
 
 -- pgcable.broadcast(stream, message): send `message` to every subscriber of ActionCable stream
 -- `stream`, once the calling transaction commits (nothing is sent if it rolls back).
@@ -123,18 +136,51 @@ BEGIN
 END
 $$;
 
--- The row-change trigger function: AFTER ... FOR EACH STATEMENT, with transition tables named
--- pgcable_old / pgcable_new. One statement's changes to one table become one NOTIFY
---   {"k":"r","t":"<table>","c":[[action, id, new campaign_id, old campaign_id], ...]}
+-- Sends `head || entries || ']}'` on channel pgcable, cut into several payloads of whole
+-- entries when it would reach 7000 bytes (Postgres fails the writer's transaction at 8000).
+-- `body` is comma-separated entries, each a JSON array of ASCII text ending in ']'.
+CREATE OR REPLACE FUNCTION pgcable.notify_entries(head text, body text) RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    AS $$
+DECLARE
+    budget integer := 6990 - pg_catalog.octet_length(head) - 2;  -- most bytes of entries a payload carries
+    bytes bytea;
+    pos integer;
+    piece text;
+BEGIN
+    IF pg_catalog.octet_length(body) <= budget THEN
+        PERFORM pg_catalog.pg_notify('pgcable', head || body || ']}');
+        RETURN;
+    END IF;
+    -- Cut after the last whole entry that fits: every ']' in body ends an entry. Cut as bytea,
+    -- where substr is O(1) (text substr has to count characters from the start).
+    bytes := pg_catalog.convert_to(body, 'UTF8');
+    pos := 1;
+    WHILE pos <= pg_catalog.length(bytes) LOOP
+        piece := pg_catalog.convert_from(pg_catalog.substr(bytes, pos, budget), 'UTF8');
+        IF pos + budget <= pg_catalog.length(bytes) THEN  -- not the tail: end at an entry's end
+            piece := pg_catalog.substr(piece, 1, budget + 1 - pg_catalog.strpos(pg_catalog.reverse(piece), ']'));
+        END IF;
+        PERFORM pg_catalog.pg_notify('pgcable', head || piece || ']}');
+        pos := pos + pg_catalog.octet_length(piece) + 1;  -- and the comma
+    END LOOP;
+END
+$$;
+
+-- The row-change trigger function of characters, vehicles and fights: AFTER ... FOR EACH
+-- STATEMENT, with transition tables named pgcable_old / pgcable_new. One statement's changes to
+-- one table become one NOTIFY
+--   {"k":"r","t":"<table>","c":[[action, id, new campaign_id, old campaign_id(, "e")], ...]}
 -- or, for big statements, several, each under 7000 bytes. The 4th element is left out when it
--- equals the 3rd. Actions: i insert, u update, t update of updated_at only ("touch"; fights only,
--- other tables report a touch as u), d delete.
+-- equals the 3rd and no 5th follows. Actions: i insert, u update, t update of updated_at only
+-- ("touch"; fights only, other tables report a touch as u), d delete. A 5th element "e" marks a
+-- fight whose ended_at went from NULL to a value (the fight ended).
 -- An UPDATE that leaves a row byte-for-byte unchanged sends nothing; one that changes a row's id
 -- is sent as d of the old id plus i of the new one.
 --
 -- No SET search_path here (it costs a few % of a one-row UPDATE): the function runs with the
--- writer's own rights, calls only pg_catalog functions by qualified name, and the transition
--- tables' names are resolved before any schema is searched.
+-- writer's own rights, calls only pg_catalog and pgcable functions by qualified name, and the
+-- transition tables' names are resolved before any schema is searched.
 CREATE OR REPLACE FUNCTION pgcable.row_changes() RETURNS trigger
     LANGUAGE plpgsql VOLATILE
     AS $$
@@ -144,10 +190,6 @@ DECLARE
     -- statement's, so that Postgres still folds identical payloads of one transaction.
     head text := '{"k":"r","t":"' || TG_TABLE_NAME || '","a":' || (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::bigint::text || ',"c":[';
     body text;      -- the entries, comma-separated
-    budget integer; -- the most bytes of entries one payload may carry
-    bytes bytea;
-    pos integer;
-    piece text;
 BEGIN
     -- Entries are built as text. ids are uuids (install.sql checks), so no JSON escaping is
     -- needed and no entry contains a bracket.
@@ -156,16 +198,18 @@ BEGIN
         -- every column type (json, point, ... have no `=`) and never calls a changed row equal.
         -- Only for fights (the relay treats a touch like an update everywhere else), and only
         -- when a row changed and so did updated_at, the row is compared again with updated_at
-        -- put back to its old value, to tell a touch from a real update. Skipping that second
-        -- comparison elsewhere saves about a tenth of a bulk UPDATE's time: Rails sets
-        -- updated_at in every update.
+        -- put back to its old value, to tell a touch from a real update; and its ended_at is
+        -- looked at, through jsonb because this function also serves tables without that
+        -- column. Skipping both elsewhere saves about a tenth of a bulk UPDATE's time: Rails
+        -- sets updated_at in every update.
         -- Keep the FULL JOIN: plpgsql caches this plan as made for the first statement's row
         -- counts, and a full join can only be a hash or merge join, never a nested loop that
         -- a later 10,000-row statement would run in quadratic time.
         SELECT pg_catalog.string_agg(
                    '["' || c.action || '","' || c.id::text || '",'
                    || COALESCE('"' || c.new_cid::text || '"', 'null')
-                   || CASE WHEN c.new_cid IS NOT DISTINCT FROM c.old_cid THEN ']'
+                   || CASE WHEN c.ended THEN ',' || COALESCE('"' || c.old_cid::text || '"', 'null') || ',"e"]'
+                           WHEN c.new_cid IS NOT DISTINCT FROM c.old_cid THEN ']'
                            ELSE ',' || COALESCE('"' || c.old_cid::text || '"', 'null') || ']' END,
                    ',')
           INTO body
@@ -180,6 +224,11 @@ BEGIN
                                 THEN 't'
                            ELSE 'u'
                        END AS action,
+                       CASE WHEN TG_TABLE_NAME = 'fights' AND o.id IS NOT NULL AND n.id IS NOT NULL
+                            THEN (pg_catalog.to_jsonb(o.*) OPERATOR(pg_catalog.->) 'ended_at') = 'null'::jsonb
+                                 AND (pg_catalog.to_jsonb(n.*) OPERATOR(pg_catalog.->) 'ended_at') <> 'null'::jsonb
+                            ELSE false
+                       END AS ended,
                        COALESCE(n.id, o.id) AS id, n.campaign_id AS new_cid, o.campaign_id AS old_cid
                   FROM pgcable_old o FULL JOIN pgcable_new n ON o.id = n.id
                  WHERE o.id IS NULL OR n.id IS NULL OR NOT (n.* OPERATOR(pg_catalog.*=) o.*)) c;
@@ -201,29 +250,62 @@ BEGIN
           FROM pgcable_old o;
     END IF;
 
-    IF body IS NULL THEN  -- no row changed
-        RETURN NULL;
+    IF body IS NOT NULL THEN  -- some row changed
+        PERFORM pgcable.notify_entries(head, body);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- The live-combat trigger function of shots, character_effects and chase_relationships: which
+-- fights one statement may have changed the encounter of. One NOTIFY (or several, each under
+-- 7000 bytes)
+--   {"k":"f","a":<µs>,"c":[["<fight id>"], ...]}
+-- lists each such fight once: for shots and chase_relationships the fight_id of every inserted,
+-- deleted or changed row, before and after; for character_effects the fight of the row's shot
+-- (an effect whose shot is gone went with its shot, whose own trigger names the fight). The
+-- relay re-renders the fights that are active; an UPDATE that changes no stored byte sends
+-- nothing.
+CREATE OR REPLACE FUNCTION pgcable.fight_changes() RETURNS trigger
+    LANGUAGE plpgsql VOLATILE
+    AS $$
+DECLARE
+    head text := '{"k":"f","a":' || (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::bigint::text || ',"c":[';
+    body text;
+BEGIN
+    IF TG_TABLE_NAME = 'character_effects' THEN
+        IF TG_OP = 'UPDATE' THEN
+            SELECT pg_catalog.string_agg('["' || d.fight_id::text || '"]', ',') INTO body
+              FROM (SELECT DISTINCT s.fight_id
+                      FROM pgcable_old o FULL JOIN pgcable_new n ON o.id = n.id
+                     CROSS JOIN LATERAL (VALUES (o.shot_id), (n.shot_id)) v(shot_id)
+                      JOIN public.shots s ON s.id = v.shot_id
+                     WHERE o.id IS NULL OR n.id IS NULL OR NOT (n.* OPERATOR(pg_catalog.*=) o.*)) d;
+        ELSIF TG_OP = 'INSERT' THEN
+            SELECT pg_catalog.string_agg('["' || d.fight_id::text || '"]', ',') INTO body
+              FROM (SELECT DISTINCT s.fight_id FROM pgcable_new n JOIN public.shots s ON s.id = n.shot_id) d;
+        ELSE
+            SELECT pg_catalog.string_agg('["' || d.fight_id::text || '"]', ',') INTO body
+              FROM (SELECT DISTINCT s.fight_id FROM pgcable_old o JOIN public.shots s ON s.id = o.shot_id) d;
+        END IF;
+    ELSIF TG_OP = 'UPDATE' THEN  -- shots, chase_relationships: the row names its fight
+        SELECT pg_catalog.string_agg('["' || d.fight_id::text || '"]', ',') INTO body
+          FROM (SELECT DISTINCT v.fight_id
+                  FROM pgcable_old o FULL JOIN pgcable_new n ON o.id = n.id
+                 CROSS JOIN LATERAL (VALUES (o.fight_id), (n.fight_id)) v(fight_id)
+                 WHERE v.fight_id IS NOT NULL
+                   AND (o.id IS NULL OR n.id IS NULL OR NOT (n.* OPERATOR(pg_catalog.*=) o.*))) d;
+    ELSIF TG_OP = 'INSERT' THEN
+        SELECT pg_catalog.string_agg('["' || d.fight_id::text || '"]', ',') INTO body
+          FROM (SELECT DISTINCT n.fight_id FROM pgcable_new n WHERE n.fight_id IS NOT NULL) d;
+    ELSE
+        SELECT pg_catalog.string_agg('["' || d.fight_id::text || '"]', ',') INTO body
+          FROM (SELECT DISTINCT o.fight_id FROM pgcable_old o WHERE o.fight_id IS NOT NULL) d;
     END IF;
 
-    -- Payloads stay under 7000 bytes (Postgres fails the writer's transaction at 8000).
-    budget := 6990 - pg_catalog.octet_length(head) - 2;
-    IF pg_catalog.octet_length(body) <= budget THEN
-        PERFORM pg_catalog.pg_notify('pgcable', head || body || ']}');
-        RETURN NULL;
+    IF body IS NOT NULL THEN
+        PERFORM pgcable.notify_entries(head, body);
     END IF;
-    -- Too big for one NOTIFY: cut the list after the last whole entry that fits. body is ASCII
-    -- and every ']' in it ends an entry. Cut as bytea, where substr is O(1) (text substr has to
-    -- count characters from the start).
-    bytes := pg_catalog.convert_to(body, 'UTF8');
-    pos := 1;
-    WHILE pos <= pg_catalog.length(bytes) LOOP
-        piece := pg_catalog.convert_from(pg_catalog.substr(bytes, pos, budget), 'UTF8');
-        IF pos + budget <= pg_catalog.length(bytes) THEN  -- not the tail: end at an entry's end
-            piece := pg_catalog.substr(piece, 1, budget + 1 - pg_catalog.strpos(pg_catalog.reverse(piece), ']'));
-        END IF;
-        PERFORM pg_catalog.pg_notify('pgcable', head || piece || ']}');
-        pos := pos + pg_catalog.octet_length(piece) + 1;  -- and the comma
-    END LOOP;
     RETURN NULL;
 END
 $$;
@@ -246,12 +328,16 @@ REVOKE ALL ON TABLE pgcable.messages FROM PUBLIC;
 REVOKE ALL ON SEQUENCE pgcable.nonce FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgcable.row_changes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgcable.table_truncated() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgcable.fight_changes() FROM PUBLIC;
+-- Called by the trigger functions with the writer's rights, so every writer needs it.
+GRANT EXECUTE ON FUNCTION pgcable.notify_entries(text, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcable.broadcast(text, jsonb) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcable.disconnect(uuid, boolean) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcable.version() TO PUBLIC;
 
 -- Four triggers per table: transition tables differ per event, so one trigger cannot serve
 -- INSERT, UPDATE and DELETE; TRUNCATE has no transition tables.
+
 DROP TRIGGER IF EXISTS pgcable_insert ON public.characters;
 DROP TRIGGER IF EXISTS pgcable_update ON public.characters;
 DROP TRIGGER IF EXISTS pgcable_delete ON public.characters;
@@ -298,6 +384,54 @@ CREATE TRIGGER pgcable_delete AFTER DELETE ON public.fights
     REFERENCING OLD TABLE AS pgcable_old
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.row_changes();
 CREATE TRIGGER pgcable_truncate AFTER TRUNCATE ON public.fights
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.table_truncated();
+
+DROP TRIGGER IF EXISTS pgcable_insert ON public.shots;
+DROP TRIGGER IF EXISTS pgcable_update ON public.shots;
+DROP TRIGGER IF EXISTS pgcable_delete ON public.shots;
+DROP TRIGGER IF EXISTS pgcable_truncate ON public.shots;
+CREATE TRIGGER pgcable_insert AFTER INSERT ON public.shots
+    REFERENCING NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_update AFTER UPDATE ON public.shots
+    REFERENCING OLD TABLE AS pgcable_old NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_delete AFTER DELETE ON public.shots
+    REFERENCING OLD TABLE AS pgcable_old
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_truncate AFTER TRUNCATE ON public.shots
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.table_truncated();
+
+DROP TRIGGER IF EXISTS pgcable_insert ON public.character_effects;
+DROP TRIGGER IF EXISTS pgcable_update ON public.character_effects;
+DROP TRIGGER IF EXISTS pgcable_delete ON public.character_effects;
+DROP TRIGGER IF EXISTS pgcable_truncate ON public.character_effects;
+CREATE TRIGGER pgcable_insert AFTER INSERT ON public.character_effects
+    REFERENCING NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_update AFTER UPDATE ON public.character_effects
+    REFERENCING OLD TABLE AS pgcable_old NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_delete AFTER DELETE ON public.character_effects
+    REFERENCING OLD TABLE AS pgcable_old
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_truncate AFTER TRUNCATE ON public.character_effects
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.table_truncated();
+
+DROP TRIGGER IF EXISTS pgcable_insert ON public.chase_relationships;
+DROP TRIGGER IF EXISTS pgcable_update ON public.chase_relationships;
+DROP TRIGGER IF EXISTS pgcable_delete ON public.chase_relationships;
+DROP TRIGGER IF EXISTS pgcable_truncate ON public.chase_relationships;
+CREATE TRIGGER pgcable_insert AFTER INSERT ON public.chase_relationships
+    REFERENCING NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_update AFTER UPDATE ON public.chase_relationships
+    REFERENCING OLD TABLE AS pgcable_old NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_delete AFTER DELETE ON public.chase_relationships
+    REFERENCING OLD TABLE AS pgcable_old
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
+CREATE TRIGGER pgcable_truncate AFTER TRUNCATE ON public.chase_relationships
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.table_truncated();
 
 COMMIT;

@@ -91,14 +91,14 @@ triggers_count() { q -c "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgca
 snapshot() { q -c "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM characters c"; }
 before=$(snapshot)
 psql_ -d "$db" -f "$here/install.sql" && psql_ -d "$db" -f "$here/install.sql" && ok "install twice"
-expect "12 triggers after installing twice" 12 "$(triggers_count)"
-expect "version() = 1" 1 "$(q -c 'SELECT pgcable.version()')"
+expect "24 triggers after installing twice" 24 "$(triggers_count)"
+expect "version() = 2" 2 "$(q -c 'SELECT pgcable.version()')"
 psql_ -d "$db" -f "$here/uninstall.sql" && psql_ -d "$db" -f "$here/uninstall.sql" && ok "uninstall twice"
 expect "no triggers after uninstall" 0 "$(triggers_count)"
 expect "no schema pgcable after uninstall" "" "$(q -c "SELECT nspname FROM pg_namespace WHERE nspname = 'pgcable'")"
 expect "data untouched by install/uninstall" "$before" "$(snapshot)"
 psql_ -d "$db" -f "$here/install.sql" && ok "install again"
-expect "12 triggers after reinstall" 12 "$(triggers_count)"
+expect "24 triggers after reinstall" 24 "$(triggers_count)"
 out=$(psql -X -q -d "$db" -f "$here/install.sql" 2>&1)
 expect "install is quiet" "" "$out"
 
@@ -266,16 +266,107 @@ UPDATE fights SET updated_at = updated_at + interval '1 second';
 DELETE FROM fights;
 SQL
 )"
-expect "TRUNCATE: one payload naming the table, no rows" '{"k":"x","t":"fights"}' "$(notifs <<SQL
+# TRUNCATE ... CASCADE reaches the tables that reference fights (shots, then their effects and
+# chase relationships): each truncated table sends its own payload, in no fixed order.
+expect "TRUNCATE: one payload per truncated table, no rows" '{"k":"x","t":"character_effects"}
+{"k":"x","t":"chase_relationships"}
+{"k":"x","t":"fights"}
+{"k":"x","t":"shots"}' "$(notifs <<SQL | sort
 TRUNCATE fights CASCADE;
 SQL
 )"
-expect_any "TRUNCATE of two tables: one payload each" "$(notifs <<SQL
-TRUNCATE vehicles, fights CASCADE;
+expect "TRUNCATE of one table (and what references it)" '{"k":"x","t":"character_effects"}
+{"k":"x","t":"chase_relationships"}
+{"k":"x","t":"shots"}
+{"k":"x","t":"vehicles"}' "$(notifs <<SQL | sort
+TRUNCATE vehicles CASCADE;
 SQL
-)" '{"k":"x","t":"vehicles"}
-{"k":"x","t":"fights"}' '{"k":"x","t":"fights"}
-{"k":"x","t":"vehicles"}'
+)"
+
+# ---------------------------------------------------------------------------------------------
+echo "# live combat: fights that end, and the fights that shots, effects and chases touch"
+FA=00000000-0000-4000-8000-000000000401
+FB=00000000-0000-4000-8000-000000000402
+CH=00000000-0000-4000-8000-000000000501
+VE=00000000-0000-4000-8000-000000000502
+S1=00000000-0000-4000-8000-000000000601
+S2=00000000-0000-4000-8000-000000000602
+S3=00000000-0000-4000-8000-000000000603
+FR='{"k":"r","t":"fights","c":'
+psql_ -d "$db" <<SQL
+INSERT INTO fights (id, name, created_at, updated_at, campaign_id, started_at) VALUES
+    ('$FA', 'A', now(), now(), '$C1', now()), ('$FB', 'B', now(), now(), '$C1', now());
+INSERT INTO characters (id, name, created_at, updated_at, campaign_id) VALUES ('$CH', 'Hero', now(), now(), '$C1');
+INSERT INTO vehicles (id, name, action_values, created_at, updated_at, campaign_id) VALUES ('$VE', 'Cab', '{}', now(), now(), '$C1');
+SQL
+expect "fight ends: the entry carries its old campaign and \"e\"" "$FR[[\"u\",\"$FA\",\"$C1\",\"$C1\",\"e\"]]}" "$(notifs <<SQL
+UPDATE fights SET ended_at = now() WHERE id = '$FA';
+SQL
+)"
+expect "an ended fight changed again is a plain update" "$FR[[\"u\",\"$FA\",\"$C1\"]]}" "$(notifs <<SQL
+UPDATE fights SET ended_at = ended_at + interval '1 second' WHERE id = '$FA';
+SQL
+)"
+expect "un-ending and starting are plain updates" "$FR[[\"u\",\"$FA\",\"$C1\"]]}
+$FR[[\"u\",\"$FB\",\"$C1\"]]}" "$(notifs <<SQL
+UPDATE fights SET ended_at = NULL WHERE id = '$FA';
+UPDATE fights SET started_at = now() + interval '1 second' WHERE id = '$FB';
+SQL
+)"
+H='{"k":"f","c":'
+expect "shot insert names its fight" "$H[[\"$FA\"]]}" "$(notifs <<SQL
+INSERT INTO shots (id, fight_id, character_id, shot, created_at, updated_at) VALUES
+    ('$S1', '$FA', '$CH', 10, now(), now()), ('$S2', '$FA', NULL, 8, now(), now());
+SQL
+)"
+expect "each statement names each fight once" "$H[[\"$FA\"]]}" "$(notifs <<SQL
+UPDATE shots SET shot = shot - 1 WHERE fight_id = '$FA';
+SQL
+)"
+# fight_ids of one statement, sorted, on one line
+fight_ids() { grep -o '\["[^]]*"\]' | sort | tr '\n' ' ' | sed 's/ $//'; }
+expect "a shot moved between fights names both" "[\"$FA\"] [\"$FB\"]" "$(notifs <<SQL | fight_ids
+UPDATE shots SET fight_id = '$FB' WHERE id = '$S2';
+SQL
+)"
+expect "a no-op shot update sends nothing" "" "$(notifs <<SQL
+UPDATE shots SET shot = shot;
+SQL
+)"
+# (chase_relationships.evader_id references both shots and vehicles, as in production: the
+# evader's shot has the vehicle's id)
+expect "a vehicle shot, its effect (through the shot), a chase" "$H[[\"$FB\"]]}
+$H[[\"$FB\"]]}
+$H[[\"$FB\"]]}
+$H[[\"$FB\"]]}" "$(notifs <<SQL
+INSERT INTO shots (id, fight_id, vehicle_id, shot, created_at, updated_at) VALUES ('$S3', '$FB', '$VE', 5, now(), now()), ('$VE', '$FB', '$VE', 4, now(), now());
+INSERT INTO character_effects (id, character_id, shot_id, name, created_at, updated_at) VALUES ('00000000-0000-4000-8000-000000000701', '$CH', '$S3', 'Dazed', now(), now());
+INSERT INTO chase_relationships (id, pursuer_id, evader_id, fight_id, created_at, updated_at) VALUES ('00000000-0000-4000-8000-000000000801', '$S3', '$VE', '$FB', now(), now());
+UPDATE character_effects SET severity = 'error';
+SQL
+)"
+expect "an effect moved to a shot of another fight names both" "[\"$FA\"] [\"$FB\"]" "$(notifs <<SQL | fight_ids
+UPDATE character_effects SET shot_id = '$S1';
+SQL
+)"
+expect "deleting a shot names its fight once (its effects went with it)" "$H[[\"$FB\"]]}
+$H[[\"$FA\"]]}" "$(notifs <<SQL
+DELETE FROM chase_relationships;
+DELETE FROM shots WHERE id = '$S1';
+SQL
+)"
+# Postgres folds identical payloads of one transaction, so equal hints may arrive once.
+out=$(notifs <<SQL
+BEGIN;
+INSERT INTO shots (fight_id, shot, created_at, updated_at) SELECT f, g, now(), now() FROM generate_series(1, 500) g, (VALUES ('$FA'::uuid), ('$FB'::uuid)) v(f);
+UPDATE shots SET count = count + 1;
+DELETE FROM shots;
+COMMIT;
+SQL
+)
+expect "one transaction, 1,000 shots of two fights: both fights named" "[\"$FA\"] [\"$FB\"]" "$(fight_ids <<<"$out" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/ $//')"
+n=$(grep -c '"k":"f"' <<<"$out")
+if [ "$n" -ge 1 ] && [ "$n" -le 3 ]; then ok "... in at most one hint per statement ($n)"; else fail "... in at most one hint per statement" "$out"; fi
 
 # ---------------------------------------------------------------------------------------------
 echo "# bulk statements are batched"

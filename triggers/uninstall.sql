@@ -1,8 +1,9 @@
 -- triggers/uninstall.sql: remove everything triggers/install.sql created.
 --
--- Drops the pgcable triggers on public.characters, public.vehicles and public.fights, then
--- schema pgcable with its functions, sequence and table pgcable.messages (undelivered large
--- broadcasts are lost). The three tables and their data are left untouched. Idempotent and
+-- Drops the pgcable triggers on public.characters, vehicles, fights, shots, character_effects and
+-- chase_relationships, then schema pgcable with its functions, sequence and table
+-- pgcable.messages (undelivered large broadcasts are lost). The tables and their data are left
+-- untouched. Idempotent and
 -- transactional; works whether or not the tables exist. Plain SQL, like install.sql.
 
 BEGIN;
@@ -16,7 +17,7 @@ DECLARE
     tbl text;
     trg text;
 BEGIN
-    FOREACH tbl IN ARRAY ARRAY['characters', 'vehicles', 'fights'] LOOP
+    FOREACH tbl IN ARRAY ARRAY['characters', 'vehicles', 'fights', 'shots', 'character_effects', 'chase_relationships'] LOOP
         IF pg_catalog.to_regclass(pg_catalog.format('public.%I', tbl)) IS NOT NULL THEN
             FOREACH trg IN ARRAY ARRAY['pgcable_insert', 'pgcable_update', 'pgcable_delete', 'pgcable_truncate'] LOOP
                 EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON public.%I', trg, tbl);

@@ -7,14 +7,16 @@
 //! changes again while it is being re-read (a hot row) is re-read at most every [`HOT_ROW`].
 //! Calls the render station, the query pool and the hub.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::encounter::{self, Encounters};
 use super::event::{Action, RowChange, Table};
+use super::queue::{drive, earliest, Ledger, Queue};
 use super::{reload_message, send_encoded};
 use crate::render;
 use crate::state::State;
@@ -25,8 +27,6 @@ const BATCH: usize = 500;
 pub const HOT_ROW: Duration = Duration::from_millis(50);
 
 type Key = (Table, Uuid);
-/// Rows of one table to re-read together, with what each is owed.
-type Batch = (Table, Vec<(Uuid, Work)>);
 
 /// What is owed to subscribers for one row.
 #[derive(Debug, Default, Clone)]
@@ -39,47 +39,74 @@ struct Work {
     left: BTreeSet<Uuid>,
     /// A fight changed more than `updated_at`: `{"fight":"updated"}` to `fight_<id>`.
     fight_updated: bool,
+    /// A fight ended: `fight_ended` to its campaign and `{"fight":"ended"}` to `fight_<id>`.
+    fight_ended: bool,
     /// When the oldest change folded in here was written (µs since the epoch).
     since: Option<i64>,
-}
-
-#[derive(Debug, Default)]
-struct Queue {
-    pending: HashMap<Key, Work>,
-    order: VecDeque<Key>,
-    in_flight: HashSet<Key>,
-    /// Hot rows and when they may be re-read again.
-    not_before: HashMap<Key, Instant>,
+    /// The [`Ledger`] mark of the push that made this work.
+    mark: u64,
 }
 
 /// The coalescing queue and its worker.
 #[derive(Debug)]
 pub struct Coalescer {
-    queue: Mutex<Queue>,
+    queue: Mutex<Queue<Key, Work>>,
     wake: Notify,
+    ledger: Arc<Ledger>,
+    encounters: Arc<Encounters>,
 }
 
 impl Coalescer {
     /// A queue whose worker, spawned here, re-reads through at most `parallel` pool connections.
-    pub fn start(state: Arc<State>, parallel: usize) -> Arc<Coalescer> {
+    /// Its row work is kept in `ledger`; the fights its changes touch go to `encounters`.
+    pub fn start(
+        state: Arc<State>,
+        parallel: usize,
+        ledger: Arc<Ledger>,
+        encounters: Arc<Encounters>,
+    ) -> Arc<Coalescer> {
         let this = Arc::new(Coalescer {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
+            ledger,
+            encounters,
         });
-        tokio::spawn(worker(
-            this.clone(),
-            state,
-            Arc::new(Semaphore::new(parallel.max(1))),
-        ));
+        let rows = this.clone();
+        let waker = this.clone();
+        tokio::spawn(async move {
+            let taker = rows.clone();
+            drive(
+                &waker.wake,
+                parallel,
+                move || taker.lock().take(BATCH, |k| k.0, |_| true),
+                move |batch: Vec<(Key, Work)>| {
+                    let rows = rows.clone();
+                    let state = state.clone();
+                    async move {
+                        let Some(((table, _), _)) = batch.first() else {
+                            return;
+                        };
+                        let table = *table;
+                        let done: Vec<(Uuid, u64)> =
+                            batch.iter().map(|((_, id), w)| (*id, w.mark)).collect();
+                        let batch = batch.into_iter().map(|((_, id), w)| (id, w)).collect();
+                        process(&state, &rows.encounters, table, batch).await;
+                        rows.done(table, &done);
+                    }
+                },
+            )
+            .await;
+        });
         this
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<Key, Work>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Adds the changes of one statement, written at `at` (µs since the epoch).
     pub fn push(&self, changes: Vec<RowChange>, at: Option<i64>) -> (usize, usize) {
+        let mark = self.ledger.next();
         let mut queue = self.lock();
         let (mut added, mut folded) = (0, 0);
         for change in changes {
@@ -87,16 +114,12 @@ impl Coalescer {
                 tracing::debug!(table = change.table.plural(), id = %change.id, "change to a row without a campaign: nothing to send");
                 continue;
             }
-            let key = (change.table, change.id);
-            let is_new = !queue.pending.contains_key(&key);
-            let work = queue.pending.entry(key).or_default();
+            let (work, made) = queue.entry((change.table, change.id));
             fold(work, &change);
-            work.since = match (work.since, at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            if is_new {
-                queue.order.push_back(key);
+            work.since = earliest(work.since, at);
+            if made {
+                work.mark = mark;
+                self.ledger.open(mark);
                 added += 1;
             } else {
                 folded += 1;
@@ -107,54 +130,24 @@ impl Coalescer {
         (added, folded)
     }
 
-    /// Takes the next batch: rows of one table that have no re-read in flight and are not
-    /// cooling down. `Err` holds when the next cooling row becomes ready, if any.
-    fn next_batch(&self) -> Result<Batch, Option<Instant>> {
-        let mut queue = self.lock();
-        let now = Instant::now();
-        let Queue {
-            pending,
-            order,
-            in_flight,
-            not_before,
-        } = &mut *queue;
-        not_before.retain(|_, t| *t > now);
-        let ready = |k: &Key| !in_flight.contains(k) && !not_before.contains_key(k);
-        let Some(table) = order.iter().find(|k| ready(k)).map(|k| k.0) else {
-            return Err(not_before.values().min().copied());
-        };
-        let mut batch = Vec::new();
-        order.retain(|key| {
-            if batch.len() >= BATCH || key.0 != table || !ready(key) {
-                return true;
-            }
-            if let Some(work) = pending.remove(key) {
-                batch.push((key.1, work));
-            }
-            false
-        });
-        in_flight.extend(batch.iter().map(|(id, _)| (table, *id)));
-        Ok((table, batch))
+    /// The mark of the latest push: an encounter pushed with it follows that push's messages.
+    pub fn mark(&self) -> u64 {
+        self.ledger.last()
     }
 
-    fn done(&self, table: Table, ids: &[Uuid]) {
-        let mut queue = self.lock();
-        let later = Instant::now() + HOT_ROW;
-        for id in ids {
-            let key = (table, *id);
-            queue.in_flight.remove(&key);
-            if queue.pending.contains_key(&key) {
-                queue.not_before.insert(key, later);
-            }
+    fn done(&self, table: Table, rows: &[(Uuid, u64)]) {
+        self.lock()
+            .done(rows.iter().map(|(id, _)| (table, *id)), HOT_ROW);
+        for (_, mark) in rows {
+            self.ledger.close(*mark);
         }
-        drop(queue);
         self.wake.notify_one();
+        self.encounters.wake();
     }
 
     /// Rows waiting or being re-read (for tests and metrics).
     pub fn backlog(&self) -> usize {
-        let q = self.lock();
-        q.pending.len() + q.in_flight.len()
+        self.lock().len()
     }
 }
 
@@ -183,52 +176,35 @@ fn fold(work: &mut Work, change: &RowChange) {
         }
     }
     work.fight_updated |= change.table == Table::Fights && change.action == Action::Update;
+    work.fight_ended |= change.ended;
 }
 
-async fn worker(rows: Arc<Coalescer>, state: Arc<State>, permits: Arc<Semaphore>) {
-    let mut cooling: Option<Instant> = None;
-    loop {
-        match cooling {
-            Some(at) => {
-                tokio::select! {
-                    _ = rows.wake.notified() => {}
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                }
-            }
-            None => rows.wake.notified().await,
-        }
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let (table, batch) = match rows.next_batch() {
-                Ok(b) => b,
-                Err(next) => {
-                    cooling = next;
-                    break;
-                }
-            };
-            let rows = rows.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-                process(&state, table, batch).await;
-                rows.done(table, &ids);
-                drop(permit);
-            });
-        }
-    }
-}
-
-/// Re-reads a batch and sends, per campaign, each payload and then one reload.
+/// Re-reads a batch and sends, per campaign, each payload and then one reload; then hands the
+/// fights the batch touched to the encounter queue.
 ///
 /// A row is re-read only if its campaign as last notified has subscribers now: its payload
 /// goes nowhere else. If the row has moved since, the move has a notification of its own,
 /// folded into the row's next re-read. A subscriber that arrives after this check missed a
 /// change committed before it subscribed, as with Rails (ActionCable has no replay); it still
 /// gets the reload, which costs nothing when nobody listens.
-async fn process(state: &State, table: Table, mut batch: Vec<(Uuid, Work)>) {
+async fn process(
+    state: &State,
+    encounters: &Encounters,
+    table: Table,
+    mut batch: Vec<(Uuid, Work)>,
+) {
     let started = Instant::now();
+    // Characters and vehicles that still exist may be in active fights, watched or not (a
+    // fight's campaign is usually, but not always, the row's).
+    let combatants: Vec<Uuid> = if table == Table::Fights {
+        Vec::new()
+    } else {
+        batch
+            .iter()
+            .filter(|(_, w)| w.render)
+            .map(|(id, _)| *id)
+            .collect()
+    };
     let mut watched: HashMap<Uuid, bool> = HashMap::new();
     let mut skipped = 0;
     for (_, work) in batch.iter_mut().filter(|(_, w)| w.render) {
@@ -253,18 +229,26 @@ async fn process(state: &State, table: Table, mut batch: Vec<(Uuid, Work)>) {
         .filter(|(_, w)| w.render)
         .map(|(id, _)| *id)
         .collect();
-    let mut rendered: HashMap<Uuid, (Option<Uuid>, Option<String>)> = HashMap::new();
-    if !wanted.is_empty() {
-        match reread(state, table, &wanted).await {
-            Ok(found) => rendered = found,
+    let mut loaded = Loaded::default();
+    if !wanted.is_empty() || !combatants.is_empty() {
+        let read = Read::Rows {
+            table,
+            render: &wanted,
+            combatants: &combatants,
+        };
+        match reread(state, read).await {
+            Ok(found) => loaded = found,
             Err(e) => {
                 // Without the rows we can't build payloads; a reload makes clients refetch, so
                 // nothing committed is lost to them.
                 tracing::warn!(table = table.plural(), rows = wanted.len(), error = %e, "re-read failed; sending reloads only");
             }
         }
-        state.metrics.reread(started.elapsed());
+        if !wanted.is_empty() {
+            state.metrics.reread(started.elapsed());
+        }
     }
+    let mut rendered = loaded.rows;
 
     // Campaign → payloads, in batch order; then every campaign that is owed a reload.
     let mut payloads: Vec<(Uuid, Arc<str>)> = Vec::new();
@@ -277,6 +261,9 @@ async fn process(state: &State, table: Table, mut batch: Vec<(Uuid, Work)>) {
                 &format!("fight_{id}"),
                 Arc::from(r#"{"fight":"updated"}"#),
             );
+        }
+        if work.fight_ended {
+            fight_ended(state, *id, rendered.get(id));
         }
         let mut owed: Vec<Uuid> = work.left.iter().copied().collect();
         match rendered.remove(id) {
@@ -314,28 +301,83 @@ async fn process(state: &State, table: Table, mut batch: Vec<(Uuid, Work)>) {
     for (_, work) in &batch {
         state.metrics.commit_to_send(work.since);
     }
+
+    // The encounters follow this batch's messages: the batch's marks stay open until the
+    // caller's `done`, which the encounter queue waits for.
+    let mark = batch.iter().map(|(_, w)| w.mark).max().unwrap_or_default();
+    let since = batch.iter().filter_map(|(_, w)| w.since).min();
+    let fights: Vec<Uuid> = if table == Table::Fights {
+        // A fight changed: its own encounter, if it is active (and watched: its campaign is
+        // known here, and an encounter goes nowhere else).
+        batch
+            .iter()
+            .filter(|(_, w)| {
+                w.campaign
+                    .is_some_and(|c| state.hub.is_watched(&format!("campaign_{c}")))
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    } else {
+        loaded.fights
+    };
+    encounters.push(&fights, mark, since);
 }
 
-/// Row id → (its campaign now, its payload if it rendered).
-async fn reread(
-    state: &State,
-    table: Table,
-    ids: &[Uuid],
-) -> Result<HashMap<Uuid, (Option<Uuid>, Option<String>)>, String> {
+/// `{"type":"fight_ended",…}` to the fight's campaign (when it was re-read: that is when its
+/// campaign is watched and the row still exists), then `{"fight":"ended"}` to `fight_<id>`.
+fn fight_ended(state: &State, id: Uuid, rendered: Option<&(Option<Uuid>, Option<String>)>) {
+    if let Some((Some(campaign), Some(payload))) = rendered {
+        match render::fight_name(payload) {
+            Some(name) => {
+                let message = format!(r#"{{"type":"fight_ended","fight_id":"{id}","fight_name":{name}}}"#);
+                send_encoded(state, &format!("campaign_{campaign}"), Arc::from(message));
+            }
+            None => tracing::error!(%id, "rendered fight has no name field: fight_ended not sent"),
+        }
+    }
+    send_encoded(
+        state,
+        &format!("fight_{id}"),
+        Arc::from(r#"{"fight":"ended"}"#),
+    );
+}
+
+/// What one snapshot read is for.
+#[derive(Clone, Copy)]
+pub(super) enum Read<'a> {
+    /// Re-read and render rows of `table`, and find the active fights `combatants` (characters
+    /// or vehicles of that table) are in.
+    Rows {
+        table: Table,
+        render: &'a [Uuid],
+        combatants: &'a [Uuid],
+    },
+    /// Render the encounters of these fights (inactive ones are left out).
+    Encounters(&'a [Uuid]),
+}
+
+/// What a snapshot read found.
+#[derive(Debug, Default)]
+pub(super) struct Loaded {
+    /// Row (or fight) id → (its campaign now, its payload if it rendered).
+    pub(super) rows: HashMap<Uuid, (Option<Uuid>, Option<String>)>,
+    /// Active fights the combatants are in.
+    pub(super) fights: Vec<Uuid>,
+}
+
+/// Reads in one snapshot, pipelined: one round trip once the statements are cached.
+pub(super) async fn reread(state: &State, read: Read<'_>) -> Result<Loaded, String> {
     let client = state.pool.get().await.map_err(|e| e.to_string())?;
-    let mut loaded = snapshot_load(state, &client, table, ids).await;
+    let mut loaded = snapshot_load(state, &client, read).await;
     if matches!(&loaded, Err(Failure::Query(e)) if render::stale_statement(e)) {
         // A schema change invalidated a statement this connection prepared (or the server
         // forgot it): prepare afresh and try once more.
-        tracing::info!(
-            table = table.plural(),
-            "re-read statements invalidated; preparing them again"
-        );
+        tracing::info!("re-read statements invalidated; preparing them again");
         state.metrics.statements_reprepared();
         client.statement_cache.clear();
-        loaded = snapshot_load(state, &client, table, ids).await;
+        loaded = snapshot_load(state, &client, read).await;
     }
-    let (ok, failed) = match loaded {
+    let ((ok, failed), fights) = match loaded {
         Ok(rows) => rows,
         Err(Failure::Query(e)) => return Err(crate::db::error_text(&e)),
         Err(Failure::End(e)) => {
@@ -351,14 +393,14 @@ async fn reread(
             let _ = deadpool_postgres::Object::take(client);
         }
     });
-    let mut out = HashMap::with_capacity(ids.len());
+    let mut rows = HashMap::with_capacity(ok.len() + failed.len());
     for r in ok {
-        out.insert(r.id, (r.campaign_id, Some(r.payload)));
+        rows.insert(r.id, (r.campaign_id, Some(r.payload)));
     }
     for (id, campaign) in failed {
-        out.insert(id, (campaign, None));
+        rows.insert(id, (campaign, None));
     }
-    Ok(out)
+    Ok(Loaded { rows, fights })
 }
 
 /// Why [`snapshot_load`] failed.
@@ -369,24 +411,42 @@ enum Failure {
     End(tokio_postgres::Error),
 }
 
-/// Loads the rows in one snapshot, so a payload never mixes two committed states. `BEGIN` and
-/// the queries go out together (tokio-postgres sends a request when its future is first
-/// polled, and `join` polls `BEGIN` first), so a batch whose statements are cached costs one
-/// round trip. On success the transaction is left open for the caller to `COMMIT`.
+type Rendering = (Vec<render::Rendered>, render::Failed);
+
+/// Loads in one snapshot, so a payload never mixes two committed states. `BEGIN` and the
+/// queries go out together (tokio-postgres sends a request when its future is first polled,
+/// and `join` polls `BEGIN` first), so a read whose statements are cached costs one round
+/// trip. On success the transaction is left open for the caller to `COMMIT`.
 async fn snapshot_load(
     state: &State,
     client: &deadpool_postgres::ClientWrapper,
-    table: Table,
-    ids: &[Uuid],
-) -> Result<(Vec<render::Rendered>, render::Failed), Failure> {
-    let (began, loaded) = futures_util::future::join(
-        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
-        render::load(client, render_table(table), ids, &state.render),
-    )
-    .await;
+    read: Read<'_>,
+) -> Result<(Rendering, Vec<Uuid>), Failure> {
+    let began = client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    let result = match read {
+        Read::Rows {
+            table,
+            render: ids,
+            combatants,
+        } => {
+            let (began, rows, fights) = tokio::join!(
+                began,
+                render::load(client, render_table(table), ids, &state.render),
+                encounter::active_fights_of(client, table, combatants),
+            );
+            began.and_then(|()| render::both(rows, fights))
+        }
+        Read::Encounters(ids) => {
+            let (began, rows) = tokio::join!(
+                began,
+                render::load_encounters(client, ids, &state.render)
+            );
+            began.and(rows).map(|r| (r, Vec::new()))
+        }
+    };
     // Rows read outside the snapshot (BEGIN failed) are not used either.
-    match began.and(loaded) {
-        Ok(rows) => Ok(rows),
+    match result {
+        Ok(r) => Ok(r),
         Err(e) => match client.batch_execute("ROLLBACK").await {
             Ok(()) => Err(Failure::Query(e)),
             Err(end) => Err(Failure::End(end)),

@@ -73,6 +73,8 @@ pub struct RowChange {
     pub new_campaign: Option<Uuid>,
     /// The row's campaign before the change (none for an insert).
     pub old_campaign: Option<Uuid>,
+    /// A fight whose `ended_at` went from NULL to a value (triggers version 2 and later).
+    pub ended: bool,
 }
 
 /// A notification, decoded.
@@ -105,7 +107,16 @@ pub enum Event {
     Rows(Vec<RowChange>, Option<i64>),
     /// `TRUNCATE` of a table: no rows to report, every campaign reloads it.
     Truncated(Table, Option<i64>),
+    /// Fights whose encounter may have changed (`shots`, `character_effects` or
+    /// `chase_relationships` rows of theirs changed), and when.
+    Fights(Vec<Uuid>, Option<i64>),
+    /// `TRUNCATE` of `shots`, `character_effects` or `chase_relationships`: any active fight
+    /// may have changed.
+    CombatTruncated(Option<i64>),
 }
+
+/// The tables whose changes reach the relay only as fight ids ([`Event::Fights`]).
+pub const COMBAT_TABLES: [&str; 3] = ["shots", "character_effects", "chase_relationships"];
 
 #[derive(Deserialize)]
 struct Raw<'a> {
@@ -151,11 +162,24 @@ pub fn parse(payload: &str) -> Result<Event, String> {
                 .collect::<Result<Vec<_>, _>>()
                 .map(|rows| Event::Rows(rows, raw.a))
         }
-        "x" => raw
-            .t
-            .and_then(Table::from_name)
-            .map(|table| Event::Truncated(table, raw.a))
-            .ok_or_else(|| "truncate of an unknown table".to_string()),
+        "x" => match raw.t {
+            Some(t) if COMBAT_TABLES.contains(&t) => Ok(Event::CombatTruncated(raw.a)),
+            t => t
+                .and_then(Table::from_name)
+                .map(|table| Event::Truncated(table, raw.a))
+                .ok_or_else(|| "truncate of an unknown table".to_string()),
+        },
+        "f" => {
+            let entries = raw.c.ok_or("fight hint without entries")?;
+            entries
+                .into_iter()
+                .map(|e| match e.first() {
+                    Some(Some(s)) => Uuid::try_parse(s).map_err(|_| format!("bad uuid {s:?}")),
+                    _ => Err("fight hint without id".to_string()),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|fights| Event::Fights(fights, raw.a))
+        }
         other => Err(format!("unknown payload kind {other:?}")),
     }
 }
@@ -178,6 +202,9 @@ fn row_change(table: Table, entry: Vec<Option<String>>) -> Result<RowChange, Str
     };
     let id = field(1)?.ok_or("row change without id")?;
     let new_campaign = field(2)?;
+    let ended = table == Table::Fights
+        && action == Action::Update
+        && entry.get(4).and_then(|e| e.as_deref()) == Some("e");
     // A missing 4th element means "the same campaign as before".
     let old_campaign = if entry.len() >= 4 {
         field(3)?
@@ -198,6 +225,7 @@ fn row_change(table: Table, entry: Vec<Option<String>>) -> Result<RowChange, Str
             Action::Delete => old_campaign.or(new_campaign),
             _ => old_campaign,
         },
+        ended,
     })
 }
 
@@ -216,6 +244,34 @@ mod tests {
         );
         assert!(parse(r#"{"k":"x","t":"users"}"#).is_err());
         assert!(parse(r#"{"k":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn combat() {
+        let f = "00000000-0000-4000-8000-0000000000f1";
+        let c = "00000000-0000-4000-8000-0000000000c1";
+        assert_eq!(
+            parse(&format!(r#"{{"k":"f","a":3,"c":[["{f}"],["{c}"]]}}"#)),
+            Ok(Event::Fights(
+                vec![Uuid::try_parse(f).unwrap(), Uuid::try_parse(c).unwrap()],
+                Some(3)
+            ))
+        );
+        assert!(parse(r#"{"k":"f","c":[["nope"]]}"#).is_err());
+        assert!(parse(r#"{"k":"f","c":[[]]}"#).is_err());
+        assert_eq!(
+            parse(r#"{"k":"x","t":"shots"}"#),
+            Ok(Event::CombatTruncated(None))
+        );
+        let ev = parse(&format!(
+            r#"{{"k":"r","t":"fights","c":[["u","{f}","{c}","{c}","e"],["u","{f}","{c}"],["t","{f}","{c}","{c}","e"]]}}"#
+        ))
+        .unwrap();
+        let Event::Rows(rows, _) = ev else { panic!() };
+        assert!(rows[0].ended);
+        assert_eq!(rows[0].old_campaign, rows[0].new_campaign);
+        assert!(!rows[1].ended);
+        assert!(!rows[2].ended, "a touch never ends a fight");
     }
 
     #[test]

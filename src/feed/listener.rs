@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -21,8 +21,9 @@ use crate::state::State;
 /// What the listener hands the dispatcher, in arrival order.
 #[derive(Debug)]
 pub enum Item {
-    /// A notification payload on channel `pgcable`.
-    Notification(String),
+    /// Notification payloads on channel `pgcable` that arrived together (one transaction's
+    /// usually arrive in one read), in order.
+    Notifications(Vec<String>),
     /// The listener was reconnected: anything in between was missed.
     Gap,
 }
@@ -79,22 +80,33 @@ async fn listen_once(
     let forward = out.clone();
     let mut driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if forward
-                        .send(Item::Notification(n.payload().to_string()))
-                        .is_err()
-                    {
-                        return;
+        let mut next = messages.next().await;
+        loop {
+            // Everything already read goes to the dispatcher as one item, so that it sees a
+            // transaction's notifications together.
+            let mut group = Vec::new();
+            let end = loop {
+                match next {
+                    Some(Ok(AsyncMessage::Notification(n))) => group.push(n.payload().to_string()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "listener connection error");
+                        break true;
                     }
+                    None => break true,
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "listener connection error");
-                    return;
+                match messages.next().now_or_never() {
+                    Some(message) => next = message,
+                    None => break false,
                 }
+            };
+            if !group.is_empty() && forward.send(Item::Notifications(group)).is_err() {
+                return;
             }
+            if end {
+                return;
+            }
+            next = messages.next().await;
         }
     });
     let listen = tokio::time::timeout(

@@ -1,70 +1,119 @@
 //! The database side: notifications in, encoded messages to the hub out.
 //!
 //! [`listener`] holds the LISTEN connection; [`event`] decodes payloads; this module dispatches
-//! them in arrival order (which is commit order); [`coalesce`] turns row changes into re-reads.
-//! Calls the render station (through `coalesce`), the query pool and the hub.
+//! them in arrival order (which is commit order); [`coalesce`] turns row changes into re-reads,
+//! and [`encounter`] the fights they touch into encounters ([`queue`] is the machinery both
+//! share). Calls the render station (through `coalesce`), the query pool and the hub.
 
 pub mod coalesce;
+pub mod encounter;
 pub mod event;
 pub mod listener;
+pub mod queue;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use uuid::Uuid;
+
 use self::coalesce::Coalescer;
+use self::encounter::Encounters;
 use self::event::{Event, Table};
+use self::queue::earliest;
 use self::listener::Item;
 use crate::cable::frame::DisconnectReason;
 use crate::render::json::reencode;
 use crate::state::State;
 
 /// Reads items from the listener and acts on each, in order, until the listener is gone.
+///
+/// The fights that a group of notifications names (combat-table changes) are owed encounters
+/// that follow the group's row messages: they are queued at the group's end.
 pub async fn dispatch(
     state: Arc<State>,
     mut items: mpsc::UnboundedReceiver<Item>,
     rows: Arc<Coalescer>,
+    encounters: Arc<Encounters>,
 ) {
     while let Some(item) = items.recv().await {
         match item {
-            Item::Gap => reload_everything(&state),
-            Item::Notification(payload) => {
-                state.metrics.notification();
-                match event::parse(&payload) {
-                    Ok(Event::Broadcast {
-                        stream,
-                        message,
-                        at,
-                    }) => {
-                        broadcast(&state, &stream, &message);
-                        state.metrics.commit_to_send(at);
-                    }
-                    Ok(Event::Stored { id, at }) => stored_broadcast(&state, id, at).await,
-                    Ok(Event::Disconnect { user, reconnect }) => {
-                        let n =
-                            state
-                                .hub
-                                .disconnect_user(user, DisconnectReason::Remote, reconnect);
-                        tracing::info!(%user, connections = n, "disconnect requested from SQL");
-                    }
-                    Ok(Event::Truncated(table, at)) => {
-                        let n = reload_campaigns(&state, &[table]);
-                        tracing::info!(
-                            table = table.plural(),
-                            campaigns = n,
-                            "table truncated: reloads sent"
-                        );
-                        state.metrics.commit_to_send(at);
-                    }
-                    Ok(Event::Rows(changes, at)) => {
-                        let (_, folded) = rows.push(changes, at);
-                        state.metrics.coalesced(folded as u64);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "notification ignored"),
+            Item::Gap => {
+                reload_everything(&state);
+                tokio::spawn(encounter::refresh_watched(
+                    state.clone(),
+                    encounters.clone(),
+                    rows.mark(),
+                ));
+            }
+            Item::Notifications(group) => {
+                let mut fights: Vec<Uuid> = Vec::new();
+                let mut since: Option<i64> = None;
+                for payload in group {
+                    notification(&state, &rows, &encounters, &payload, &mut fights, &mut since)
+                        .await;
                 }
+                fights.sort_unstable();
+                fights.dedup();
+                encounters.push(&fights, rows.mark(), since);
             }
         }
+    }
+}
+
+/// Acts on one notification; adds the fights it names to `fights`.
+async fn notification(
+    state: &Arc<State>,
+    rows: &Coalescer,
+    encounters: &Arc<Encounters>,
+    payload: &str,
+    fights: &mut Vec<Uuid>,
+    since: &mut Option<i64>,
+) {
+    state.metrics.notification();
+    match event::parse(payload) {
+        Ok(Event::Broadcast {
+            stream,
+            message,
+            at,
+        }) => {
+            broadcast(state, &stream, &message);
+            state.metrics.commit_to_send(at);
+        }
+        Ok(Event::Stored { id, at }) => stored_broadcast(state, id, at).await,
+        Ok(Event::Disconnect { user, reconnect }) => {
+            let n = state
+                .hub
+                .disconnect_user(user, DisconnectReason::Remote, reconnect);
+            tracing::info!(%user, connections = n, "disconnect requested from SQL");
+        }
+        Ok(Event::Truncated(table, at)) => {
+            let n = reload_campaigns(state, &[table]);
+            tracing::info!(
+                table = table.plural(),
+                campaigns = n,
+                "table truncated: reloads sent"
+            );
+            state.metrics.commit_to_send(at);
+        }
+        Ok(Event::Rows(changes, at)) => {
+            let (_, folded) = rows.push(changes, at);
+            state.metrics.coalesced(folded as u64);
+        }
+        Ok(Event::Fights(ids, at)) => {
+            fights.extend(ids);
+            *since = earliest(*since, at);
+        }
+        Ok(Event::CombatTruncated(_)) => {
+            tracing::info!("a combat table was truncated: re-rendering watched active fights");
+            tokio::spawn(encounter::refresh_watched(
+                state.clone(),
+                encounters.clone(),
+                rows.mark(),
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "notification ignored"),
     }
 }
 

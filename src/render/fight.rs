@@ -171,3 +171,46 @@ fn render(
     o.end();
     Ok(out)
 }
+
+/// The `name` value of a rendered fight payload, as encoded there (`null` or a JSON string):
+/// the payload starts `{"id":"<uuid>","name":`, and a Rails-encoded string ends at the first
+/// `"` that no backslash escapes.
+pub fn name_token(payload: &str) -> Option<&str> {
+    let rest = payload.get(r#"{"id":""#.len() + 36..)?;
+    let value = rest.strip_prefix(r#"","name":"#)?;
+    if value.starts_with("null") {
+        return value.get(..4);
+    }
+    let bytes = value.as_bytes();
+    if bytes.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return value.get(..=i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_token;
+
+    #[test]
+    fn name_tokens() {
+        let id = "00000000-0000-4000-8000-0000000000f1";
+        let p = format!(r#"{{"id":"{id}","name":"Ambush \"at\" \\ the \u003cdocks\u003e","description":null}}"#);
+        assert_eq!(
+            name_token(&p),
+            Some(r#""Ambush \"at\" \\ the \u003cdocks\u003e""#)
+        );
+        let p = format!(r#"{{"id":"{id}","name":null,"description":null}}"#);
+        assert_eq!(name_token(&p), Some("null"));
+        assert_eq!(name_token(r#"{"id":"x","name":"a"}"#), None);
+        assert_eq!(name_token(&format!(r#"{{"id":"{id}","name":"unterminated\"}}"#)), None);
+    }
+}

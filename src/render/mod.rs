@@ -16,6 +16,7 @@
 
 mod character;
 mod fight;
+pub use fight::name_token as fight_name;
 pub mod image_url;
 pub mod json;
 mod lite;
@@ -200,4 +201,14 @@ impl Batch {
     pub(crate) fn finish(self) -> (Vec<Rendered>, Failed) {
         (self.rendered, self.failed)
     }
+}
+
+// TEMP STUB (replaced by the encounter renderer when merged)
+/// Encounters.
+pub async fn load_encounters(
+    _client: &ClientWrapper,
+    _ids: &[Uuid],
+    _cfg: &RenderConfig,
+) -> Result<(Vec<Rendered>, Failed), tokio_postgres::Error> {
+    Ok((Vec::new(), Vec::new()))
 }
