@@ -38,10 +38,33 @@ pub async fn installed_version(client: &Client) -> Result<Option<i32>, tokio_pos
     Ok(Some(row.get(0)))
 }
 
-/// Whether the installed triggers are the ones this binary expects. Logs what to do if not.
-pub async fn is_current(client: &Client) -> bool {
+/// The oldest installed trigger version this binary still works with. Version 1 lacks the
+/// combat triggers (no encounters from `shots`, `character_effects` or `chase_relationships`
+/// changes, no fight-ended signals) but its payloads mean the same, so a relay can be upgraded
+/// before the triggers are, with no downtime.
+pub const OLDEST_SUPPORTED: i32 = 1;
+
+/// Whether this binary works with installed trigger version `v`.
+pub fn usable(v: i32) -> bool {
+    (OLDEST_SUPPORTED..=VERSION).contains(&v)
+}
+
+/// What an older but usable installed version lacks, for messages.
+pub const OLDER_LACKS: &str = "live combat from shots, character_effects and chase_relationships changes and the fight-ended signals";
+
+/// Whether the installed triggers are ones this binary works with. Logs what to do if they are
+/// not, or if they are older than this binary's.
+pub async fn is_usable(client: &Client) -> bool {
     match installed_version(client).await {
         Ok(Some(v)) if v == VERSION => true,
+        Ok(Some(v)) if usable(v) => {
+            tracing::warn!(
+                installed = v,
+                expected = VERSION,
+                "installed triggers are older than this binary: the relay works, but {OLDER_LACKS} need `pgcable triggers install`"
+            );
+            true
+        }
         Ok(Some(v)) if v < VERSION => {
             tracing::warn!(
                 installed = v,

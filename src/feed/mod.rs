@@ -21,8 +21,8 @@ use uuid::Uuid;
 use self::coalesce::Coalescer;
 use self::encounter::Encounters;
 use self::event::{Event, Table};
-use self::queue::earliest;
 use self::listener::Item;
+use self::queue::earliest;
 use crate::cable::frame::DisconnectReason;
 use crate::render::json::reencode;
 use crate::state::State;
@@ -51,8 +51,15 @@ pub async fn dispatch(
                 let mut fights: Vec<Uuid> = Vec::new();
                 let mut since: Option<i64> = None;
                 for payload in group {
-                    notification(&state, &rows, &encounters, &payload, &mut fights, &mut since)
-                        .await;
+                    notification(
+                        &state,
+                        &rows,
+                        &encounters,
+                        &payload,
+                        &mut fights,
+                        &mut since,
+                    )
+                    .await;
                 }
                 fights.sort_unstable();
                 fights.dedup();
