@@ -172,8 +172,14 @@ impl Connection {
                         return format!("socket error: {e}");
                     }
                     Some(Ok(msg)) => match msg {
-                        // The WebSocket layer echoes the client's close frame itself.
-                        Message::Close(_) => return "client closed".into(),
+                        // The WebSocket layer has queued the echo of the client's close
+                        // frame; it goes out with the socket's next write, so have the writer
+                        // finish now (its own close frame is then only that flush), instead of
+                        // at the next ping or the close grace.
+                        Message::Close(_) => {
+                            outbox.end(Ending::Close(1000, String::new()));
+                            return "client closed".into();
+                        }
                         Message::Text(text) => {
                             self.state.metrics.message_in();
                             self.handle(&text).await;

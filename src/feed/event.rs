@@ -122,7 +122,7 @@ pub const COMBAT_TABLES: [&str; 3] = ["shots", "character_effects", "chase_relat
 struct Raw<'a> {
     k: &'a str,
     s: Option<String>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     m: Option<&'a RawValue>,
     id: Option<i64>,
     a: Option<i64>,
@@ -130,6 +130,12 @@ struct Raw<'a> {
     r: Option<bool>,
     t: Option<&'a str>,
     c: Option<Vec<Vec<Option<String>>>>,
+}
+
+/// A field that is there, whatever its value: a broadcast's message may be JSON `null`, which
+/// a plain `Option` would read as absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Decodes a notification payload. The error says what was wrong, for the log.
@@ -284,6 +290,15 @@ mod tests {
                 at: Some(5),
             })
         );
+        assert_eq!(
+            parse(r#"{"k":"b","s":"campaign_x","m":null}"#),
+            Ok(Event::Broadcast {
+                stream: "campaign_x".into(),
+                message: "null".into(),
+                at: None,
+            })
+        );
+        assert!(parse(r#"{"k":"b","s":"campaign_x"}"#).is_err());
         assert_eq!(
             parse(r#"{"k":"t","id":7}"#),
             Ok(Event::Stored { id: 7, at: None })
