@@ -1,10 +1,12 @@
 //! Rails (ActiveSupport::JSON) encoding of JSON values.
 //!
 //! This module owns the byte-exact JSON text the relay emits: string escaping
-//! ([`push_str`]), Ruby's double notation ([`push_f64`]) and re-encoding of
-//! JSON produced elsewhere (Postgres `jsonb`/`json` output, client-supplied
-//! values) into the same form Rails would produce after parsing it
-//! ([`reencode`]). The rules are in `payloads.md` §0.
+//! ([`push_str`]), doubles with the digits and notation of Ruby's json 2.16.0
+//! generator ([`push_f64`]: Grisu2 digits, which are sometimes longer than the
+//! shortest round-trip form) and re-encoding of JSON produced elsewhere
+//! (Postgres `jsonb`/`json` output, client-supplied values) into the same form
+//! Rails would produce after parsing it ([`reencode`]). The rules are in
+//! `payloads.md` §0.
 
 use std::fmt;
 
@@ -163,114 +165,415 @@ pub fn push_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// A fixed-size buffer for formatting one `f64` without allocating.
-struct NumBuf {
-    data: [u8; 40],
-    len: usize,
-}
-
-impl fmt::Write for NumBuf {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        if end > self.data.len() {
-            return Err(fmt::Error);
-        }
-        self.data[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-/// Appends a double the way Ruby's JSON prints it (notation rules in payloads.md §0); NaN/±inf → null.
+/// Appends a double the way Ruby's JSON generator (json 2.16.0) prints a Float; NaN/±inf → null.
 ///
-/// Digits are the shortest round-trip digits. With `n` digits and `K` the
-/// decimal exponent of the last digit: if `K >= 0` and `|K+n-1| < 15`, the
-/// digits, `K` zeros and `.0` (`100.0`); else if `K < 0` and (`K > -7` or
-/// `|K+n-1| < 10`), a plain decimal (`0.00001`); else scientific
-/// `d[.ddd]e±X` (`1e+15`, `1.5e-10`). Zero prints as `0.0` / `-0.0`.
+/// Digits are Grisu2's, computed exactly as the float formatter that ruby/json
+/// vendors (`ext/json/ext/vendor/fpconv.c`) computes them: they always parse
+/// back to `v` but are sometimes longer than the shortest form
+/// (`72.99389239999999` for the double nearest 72.9938924; about 1 in 1,200
+/// random doubles and 1 in 90 short decimals such as jsonb holds), so Rust's
+/// shortest-digit printers cannot be used.
+///
+/// Notation, with `n` digits and `K` the decimal exponent of the last digit:
+/// if `K >= 0` and `|K+n-1| < 15`, the digits, `K` zeros and `.0` (`100.0`);
+/// else if `K < 0` and (`K > -7` or `|K+n-1| < 10`), a plain decimal
+/// (`0.00001`, `0.00000025`); else scientific `d[.ddd]e±X` with no exponent
+/// padding (`1e+15`, `1.5e-10`). Zero prints as `0.0` / `-0.0`.
 pub fn push_f64(out: &mut String, v: f64) {
-    use fmt::Write as _;
     if !v.is_finite() {
         out.push_str("null");
         return;
     }
-    if v == 0.0 {
-        out.push_str(if v.is_sign_negative() { "-0.0" } else { "0.0" });
-        return;
-    }
-    let mut buf = NumBuf {
-        data: [0; 40],
+    let mut buf = FloatBuf {
+        bytes: [0; FloatBuf::CAP],
         len: 0,
     };
-    // `{:e}` prints the shortest round-trip digits as `-d.ddde-X`.
-    if write!(buf, "{:e}", v.abs()).is_err() {
-        // Cannot happen (the longest form is 23 bytes); fall back to Display.
-        let _ = write!(out, "{v:?}");
-        return;
+    let neg = v.is_sign_negative();
+    if neg {
+        buf.put(b"-");
     }
-    let text = &buf.data[..buf.len];
-    let e_pos = text.iter().position(|&b| b == b'e').unwrap_or(text.len());
-    let mut digits = [0u8; 24];
-    let mut n = 0usize;
-    for &b in &text[..e_pos] {
-        if b.is_ascii_digit() && n < digits.len() {
-            digits[n] = b;
-            n += 1;
+    if v == 0.0 {
+        buf.put(b"0.0");
+    } else {
+        let mut digits = [0u8; MAX_DIGITS];
+        let (n, k) = grisu2(v.to_bits(), &mut digits);
+        emit_digits(&mut buf, &digits[..n], k, neg);
+    }
+    // The buffer only ever holds ASCII ('-', digits, '.', 'e', '+').
+    out.push_str(std::str::from_utf8(buf.as_bytes()).unwrap_or("null"));
+}
+
+/// Room for the digits Grisu2 can produce: at most 17 in practice; the bound
+/// only has to keep writes in range (extra digits would be dropped).
+const MAX_DIGITS: usize = 32;
+
+/// Stack buffer for one formatted double (the reference bounds its output at
+/// 32 bytes; the slack keeps every write in range without checks that panic).
+struct FloatBuf {
+    bytes: [u8; FloatBuf::CAP],
+    len: usize,
+}
+
+impl FloatBuf {
+    const CAP: usize = 64;
+
+    #[inline]
+    fn put(&mut self, s: &[u8]) {
+        let end = self.len + s.len();
+        if let Some(dst) = self.bytes.get_mut(self.len..end) {
+            dst.copy_from_slice(s);
+            self.len = end;
         }
     }
-    let mut exp: i32 = 0;
-    let mut neg_exp = false;
-    for &b in text.get(e_pos + 1..).unwrap_or(&[]) {
-        match b {
-            b'-' => neg_exp = true,
-            b'0'..=b'9' => exp = exp * 10 + i32::from(b - b'0'),
-            _ => {}
-        }
+
+    #[inline]
+    fn put_zeros(&mut self, count: usize) {
+        const ZEROS: [u8; 32] = [b'0'; 32];
+        self.put(ZEROS.get(..count).unwrap_or(&ZEROS));
     }
-    if neg_exp {
-        exp = -exp;
+
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or(&[])
     }
-    // `exp` is the exponent of the first digit (K + n - 1).
-    let digits = &digits[..n];
-    let n_i = n as i32;
-    let k = exp - n_i + 1;
-    if v.is_sign_negative() {
-        out.push('-');
-    }
-    let push_digits = |out: &mut String, d: &[u8]| {
-        for &b in d {
-            out.push(b as char);
-        }
-    };
-    if k >= 0 && exp.abs() < 15 {
-        push_digits(out, digits);
-        for _ in 0..k {
-            out.push('0');
-        }
-        out.push_str(".0");
-    } else if k < 0 && (k > -7 || exp.abs() < 10) {
-        if exp >= 0 {
-            // There are more digits than integer positions, since k < 0.
-            let int_len = (exp + 1) as usize;
-            push_digits(out, &digits[..int_len]);
-            out.push('.');
-            push_digits(out, &digits[int_len..]);
+}
+
+/// Lays out Grisu2 digits the way ruby/json's formatter does (rules on
+/// [`push_f64`]); `k` is the decimal exponent of the last digit.
+#[inline]
+fn emit_digits(buf: &mut FloatBuf, digits: &[u8], k: i32, neg: bool) {
+    let n = digits.len() as i32;
+    let exp = (k + n - 1).abs();
+    if k >= 0 && exp < 15 {
+        buf.put(digits);
+        buf.put_zeros(k as usize);
+        buf.put(b".0");
+    } else if k < 0 && (k > -7 || exp < 10) {
+        let int_len = n + k;
+        if int_len <= 0 {
+            buf.put(b"0.");
+            buf.put_zeros(-int_len as usize);
+            buf.put(digits);
         } else {
-            out.push_str("0.");
-            for _ in 0..(-exp - 1) {
-                out.push('0');
-            }
-            push_digits(out, digits);
+            let (int, frac) = digits.split_at(int_len as usize);
+            buf.put(int);
+            buf.put(b".");
+            buf.put(frac);
         }
     } else {
-        push_digits(out, &digits[..1]);
-        if n > 1 {
-            out.push('.');
-            push_digits(out, &digits[1..]);
+        // The reference keeps at most 18 digits here (17 after a '-') and
+        // derives the exponent's sign from the kept count; Grisu2 never
+        // produces that many, but the rule costs nothing to keep.
+        let kept = n.min(18 - i32::from(neg));
+        let (first, rest) = digits.split_first().unwrap_or((&b'0', &[]));
+        buf.put(&[*first]);
+        if kept > 1 {
+            buf.put(b".");
+            buf.put(rest.get(..(kept - 1) as usize).unwrap_or(rest));
         }
-        out.push('e');
-        out.push(if exp < 0 { '-' } else { '+' });
-        let _ = write!(out, "{}", exp.unsigned_abs());
+        buf.put(if k + kept - 1 < 0 { b"e-" } else { b"e+" });
+        let e = exp as u32;
+        if e >= 100 {
+            buf.put(&[b'0' + (e / 100) as u8, b'0' + (e / 10 % 10) as u8]);
+        } else if e >= 10 {
+            buf.put(&[b'0' + (e / 10) as u8]);
+        }
+        buf.put(&[b'0' + (e % 10) as u8]);
+    }
+}
+
+/// A number `f × 2^e` with a 64-bit significand (Grisu's "diy fp").
+#[derive(Clone, Copy)]
+struct Fp {
+    f: u64,
+    e: i32,
+}
+
+impl Fp {
+    /// Product rounded half-up to 64 bits, as the reference rounds it: the
+    /// rounding feeds into the digits, so it must not be "improved".
+    #[inline]
+    fn mul(self, other: Fp) -> Fp {
+        let p = u128::from(self.f) * u128::from(other.f) + (1u128 << 63);
+        Fp {
+            f: (p >> 64) as u64,
+            e: self.e + other.e + 64,
+        }
+    }
+}
+
+/// `10^(CACHED_POW10_FIRST + 8·i)` rounded to nearest as `(f, e)` with the top
+/// bit of `f` set. Numeric data: the values Grisu implementations share
+/// (checked against exact powers of ten by `cached_powers_are_rounded_powers_of_ten`).
+const CACHED_POW10: [(u64, i32); 87] = [
+    (0xfa8fd5a0081c0288, -1220),
+    (0xbaaee17fa23ebf76, -1193),
+    (0x8b16fb203055ac76, -1166),
+    (0xcf42894a5dce35ea, -1140),
+    (0x9a6bb0aa55653b2d, -1113),
+    (0xe61acf033d1a45df, -1087),
+    (0xab70fe17c79ac6ca, -1060),
+    (0xff77b1fcbebcdc4f, -1034),
+    (0xbe5691ef416bd60c, -1007),
+    (0x8dd01fad907ffc3c, -980),
+    (0xd3515c2831559a83, -954),
+    (0x9d71ac8fada6c9b5, -927),
+    (0xea9c227723ee8bcb, -901),
+    (0xaecc49914078536d, -874),
+    (0x823c12795db6ce57, -847),
+    (0xc21094364dfb5637, -821),
+    (0x9096ea6f3848984f, -794),
+    (0xd77485cb25823ac7, -768),
+    (0xa086cfcd97bf97f4, -741),
+    (0xef340a98172aace5, -715),
+    (0xb23867fb2a35b28e, -688),
+    (0x84c8d4dfd2c63f3b, -661),
+    (0xc5dd44271ad3cdba, -635),
+    (0x936b9fcebb25c996, -608),
+    (0xdbac6c247d62a584, -582),
+    (0xa3ab66580d5fdaf6, -555),
+    (0xf3e2f893dec3f126, -529),
+    (0xb5b5ada8aaff80b8, -502),
+    (0x87625f056c7c4a8b, -475),
+    (0xc9bcff6034c13053, -449),
+    (0x964e858c91ba2655, -422),
+    (0xdff9772470297ebd, -396),
+    (0xa6dfbd9fb8e5b88f, -369),
+    (0xf8a95fcf88747d94, -343),
+    (0xb94470938fa89bcf, -316),
+    (0x8a08f0f8bf0f156b, -289),
+    (0xcdb02555653131b6, -263),
+    (0x993fe2c6d07b7fac, -236),
+    (0xe45c10c42a2b3b06, -210),
+    (0xaa242499697392d3, -183),
+    (0xfd87b5f28300ca0e, -157),
+    (0xbce5086492111aeb, -130),
+    (0x8cbccc096f5088cc, -103),
+    (0xd1b71758e219652c, -77),
+    (0x9c40000000000000, -50),
+    (0xe8d4a51000000000, -24),
+    (0xad78ebc5ac620000, 3),
+    (0x813f3978f8940984, 30),
+    (0xc097ce7bc90715b3, 56),
+    (0x8f7e32ce7bea5c70, 83),
+    (0xd5d238a4abe98068, 109),
+    (0x9f4f2726179a2245, 136),
+    (0xed63a231d4c4fb27, 162),
+    (0xb0de65388cc8ada8, 189),
+    (0x83c7088e1aab65db, 216),
+    (0xc45d1df942711d9a, 242),
+    (0x924d692ca61be758, 269),
+    (0xda01ee641a708dea, 295),
+    (0xa26da3999aef774a, 322),
+    (0xf209787bb47d6b85, 348),
+    (0xb454e4a179dd1877, 375),
+    (0x865b86925b9bc5c2, 402),
+    (0xc83553c5c8965d3d, 428),
+    (0x952ab45cfa97a0b3, 455),
+    (0xde469fbd99a05fe3, 481),
+    (0xa59bc234db398c25, 508),
+    (0xf6c69a72a3989f5c, 534),
+    (0xb7dcbf5354e9bece, 561),
+    (0x88fcf317f22241e2, 588),
+    (0xcc20ce9bd35c78a5, 614),
+    (0x98165af37b2153df, 641),
+    (0xe2a0b5dc971f303a, 667),
+    (0xa8d9d1535ce3b396, 694),
+    (0xfb9b7cd9a4a7443c, 720),
+    (0xbb764c4ca7a44410, 747),
+    (0x8bab8eefb6409c1a, 774),
+    (0xd01fef10a657842c, 800),
+    (0x9b10a4e5e9913129, 827),
+    (0xe7109bfba19c0c9d, 853),
+    (0xac2820d9623bf429, 880),
+    (0x80444b5e7aa7cf85, 907),
+    (0xbf21e44003acdd2d, 933),
+    (0x8e679c2f5e44ff8f, 960),
+    (0xd433179d9c8cb841, 986),
+    (0x9e19db92b4e31ba9, 1013),
+    (0xeb96bf6ebadf77d9, 1039),
+    (0xaf87023b9bf0ee6b, 1066),
+];
+const CACHED_POW10_FIRST: i32 = -348;
+const CACHED_POW10_STEP: i32 = 8;
+
+/// Picks the cached power `c` with `e + c.e + 64` in `[-60, -32]` and returns
+/// it with its decimal exponent.
+///
+/// Two neighbouring powers sometimes both fit that window; which one is used
+/// changes the digits, so the search starts where the reference starts it
+/// (including its odd `+ 87` in the estimate) and walks the same way.
+#[inline]
+fn cached_pow10(e: i32) -> (Fp, i32) {
+    const LAST: i32 = CACHED_POW10.len() as i32 - 1;
+    let approx = (f64::from(-(e + 87)) * 0.301_029_995_663_981_14) as i32;
+    let mut idx = ((approx - CACHED_POW10_FIRST) / CACHED_POW10_STEP).clamp(0, LAST);
+    // Every double's exponent lands in the window within a step or two; the
+    // bound only guarantees termination.
+    for _ in 0..CACHED_POW10.len() {
+        let current = e + CACHED_POW10[idx as usize].1 + 64;
+        if current < -60 && idx < LAST {
+            idx += 1;
+        } else if current > -32 && idx > 0 {
+            idx -= 1;
+        } else {
+            break;
+        }
+    }
+    let (f, ce) = CACHED_POW10[idx as usize];
+    (
+        Fp { f, e: ce },
+        CACHED_POW10_FIRST + idx * CACHED_POW10_STEP,
+    )
+}
+
+const POW10: [u64; 10] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+    1_000_000_000,
+];
+
+/// Grisu2 digits of the finite, nonzero double with these bits (sign
+/// ignored), written to `digits`; returns the digit count and the decimal
+/// exponent of the last digit.
+///
+/// Follows the reference step for step, including its boundary computation
+/// (the lower gap is halved whenever the significand is a power of two, even
+/// at the smallest normal), its ±1 narrowing of the scaled boundaries and its
+/// wrapping unsigned arithmetic.
+fn grisu2(bits: u64, digits: &mut [u8; MAX_DIGITS]) -> (usize, i32) {
+    const FRAC_MASK: u64 = (1 << 52) - 1;
+    const HIDDEN: u64 = 1 << 52;
+    let biased = ((bits >> 52) & 0x7FF) as i32;
+    let w = if biased != 0 {
+        Fp {
+            f: (bits & FRAC_MASK) | HIDDEN,
+            e: biased - 1075,
+        }
+    } else {
+        Fp {
+            f: bits & FRAC_MASK,
+            e: -1074,
+        }
+    };
+
+    // Upper boundary (w + ulp/2), normalized so that bit 63 is set.
+    let mut upper = Fp {
+        f: (w.f << 1) + 1,
+        e: w.e - 1,
+    };
+    let lz = upper.f.leading_zeros() as i32;
+    upper.f <<= lz;
+    upper.e -= lz;
+    let l_shift = if w.f == HIDDEN { 2 } else { 1 };
+    let lower = Fp {
+        f: ((w.f << l_shift) - 1) << (w.e - l_shift - upper.e) as u32,
+        e: upper.e,
+    };
+    let wz = w.f.leading_zeros() as i32;
+    let w = Fp {
+        f: w.f << wz,
+        e: w.e - wz,
+    };
+
+    let (cp, k) = cached_pow10(upper.e);
+    let w = w.mul(cp);
+    let mut upper = upper.mul(cp);
+    let mut lower = lower.mul(cp);
+    lower.f = lower.f.wrapping_add(1);
+    upper.f = upper.f.wrapping_sub(1);
+    generate_digits(w, upper, lower, -k, digits)
+}
+
+/// Grisu2's digit generation over the narrowed interval `[lower, upper]`;
+/// `k` is the decimal exponent the scaling took away.
+#[inline]
+fn generate_digits(
+    w: Fp,
+    upper: Fp,
+    lower: Fp,
+    mut k: i32,
+    digits: &mut [u8; MAX_DIGITS],
+) -> (usize, i32) {
+    // The cached power put the exponent in [-60, -32].
+    let shift = (-upper.e).clamp(32, 60) as u32;
+    let one = 1u64 << shift;
+    let wfrac = upper.f.wrapping_sub(w.f);
+    let mut delta = upper.f.wrapping_sub(lower.f);
+    let mut part1 = upper.f >> shift;
+    let mut part2 = upper.f & (one - 1);
+    let mut n = 0usize;
+
+    // part1 < 2^32, so the integral part has at most 10 digits.
+    for kappa in (0..10i32).rev() {
+        let div = POW10[kappa as usize];
+        let d = part1 / div;
+        push_digit(digits, &mut n, d);
+        part1 -= d * div;
+        let rest = (part1 << shift).wrapping_add(part2);
+        if rest <= delta {
+            k += kappa;
+            round_weed(&mut digits[..n], delta, rest, div << shift, wfrac);
+            return (n, k);
+        }
+    }
+
+    // Fractional digits. delta is at least 1 and grows tenfold per digit
+    // while part2 stays below 2^60, so this ends within 19 rounds.
+    let mut kappa = 0i32;
+    let mut unit = 10u64;
+    loop {
+        part2 = part2.wrapping_mul(10);
+        delta = delta.wrapping_mul(10);
+        kappa -= 1;
+        push_digit(digits, &mut n, part2 >> shift);
+        part2 &= one - 1;
+        if part2 < delta {
+            k += kappa;
+            round_weed(
+                &mut digits[..n],
+                delta,
+                part2,
+                one,
+                wfrac.wrapping_mul(unit),
+            );
+            return (n, k);
+        }
+        unit = unit.wrapping_mul(10);
+    }
+}
+
+/// Appends digit `d` (< 10) unless it is a leading zero, as the reference does.
+#[inline]
+fn push_digit(digits: &mut [u8; MAX_DIGITS], n: &mut usize, d: u64) {
+    if d != 0 || *n != 0 {
+        if let Some(slot) = digits.get_mut(*n) {
+            *slot = b'0' + d as u8;
+            *n += 1;
+        }
+    }
+}
+
+/// Moves the last digit down towards the scaled value while the result stays
+/// inside the interval and gets closer (Grisu2's `round_weed`, reference form).
+#[inline]
+fn round_weed(digits: &mut [u8], delta: u64, mut rem: u64, kappa: u64, frac: u64) {
+    let Some(last) = digits.last_mut() else {
+        return;
+    };
+    while rem < frac
+        && delta.wrapping_sub(rem) >= kappa
+        && (rem.wrapping_add(kappa) < frac
+            || frac - rem > rem.wrapping_add(kappa).wrapping_sub(frac))
+    {
+        *last = last.wrapping_sub(1);
+        rem = rem.wrapping_add(kappa);
     }
 }
 
@@ -759,6 +1062,10 @@ mod tests {
         assert_eq!(f(-0.0), "-0.0");
         assert_eq!(f(1.5), "1.5");
         assert_eq!(f(13.0), "13.0");
+        // Grisu2 digits, longer than the shortest round-trip form.
+        assert_eq!(f(5.526837), "5.5268370000000004");
+        assert_eq!(f(72.9938924), "72.99389239999999");
+        assert_eq!(f(453.991028), "453.99102799999997");
     }
 
     #[test]
@@ -768,7 +1075,7 @@ mod tests {
         assert_eq!(f(123456789012345.0), "123456789012345.0");
         assert_eq!(f(1e14), "100000000000000.0");
         assert_eq!(f(1.5e15), "1.5e+15");
-        assert_eq!(f(1234567890123456.7), "1234567890123456.8");
+        assert_eq!(f(1234567890123456.7), "1234567890123456.7");
         assert_eq!(f(0.1), "0.1");
         assert_eq!(f(0.000001), "0.000001");
         assert_eq!(f(1e-7), "0.0000001");
@@ -780,7 +1087,6 @@ mod tests {
         assert_eq!(f(1.2345678e-6), "0.0000012345678");
         assert_eq!(f(-1e-7), "-0.0000001");
         assert_eq!(f(-1.5e-10), "-1.5e-10");
-        assert_eq!(f(72.9938924), "72.9938924");
         assert_eq!(f(f64::MAX), "1.7976931348623157e+308");
         assert_eq!(f(5e-324), "5e-324");
         assert_eq!(f(2.0f64.powi(60)), "1.152921504606847e+18");
@@ -847,6 +1153,8 @@ mod tests {
             "3.141592653589793"
         );
         assert_eq!(re("[1.0,2,-3.25e1]"), "[1.0,2,-32.5]");
+        assert_eq!(re("72.9938924"), "72.99389239999999");
+        assert_eq!(re("-453.991028"), "-453.99102799999997");
     }
 
     #[test]
@@ -979,5 +1287,93 @@ mod tests {
         let e = re_err("[1,]");
         assert_eq!(e.position(), 3);
         assert_eq!(e.to_string(), "invalid JSON at byte 3: expected a value");
+    }
+
+    /// Minimal little-endian bignum helpers for checking the cached powers.
+    fn big_mul_small(n: &mut Vec<u32>, m: u32) {
+        let mut carry = 0u64;
+        for limb in n.iter_mut() {
+            let p = u64::from(*limb) * u64::from(m) + carry;
+            *limb = p as u32;
+            carry = p >> 32;
+        }
+        if carry != 0 {
+            n.push(carry as u32);
+        }
+    }
+
+    fn big_div_small(n: &mut Vec<u32>, d: u32) {
+        let mut rem = 0u64;
+        for limb in n.iter_mut().rev() {
+            let cur = (rem << 32) | u64::from(*limb);
+            *limb = (cur / u64::from(d)) as u32;
+            rem = cur % u64::from(d);
+        }
+        while n.last() == Some(&0) {
+            n.pop();
+        }
+    }
+
+    fn big_bit_len(n: &[u32]) -> i32 {
+        let top = *n.last().unwrap();
+        (n.len() as i32 - 1) * 32 + 32 - top.leading_zeros() as i32
+    }
+
+    /// Bit `i` of `n`; negative positions read as zero (small powers are
+    /// shifted up to 64 bits).
+    fn big_bit(n: &[u32], i: i32) -> u64 {
+        if i < 0 {
+            return 0;
+        }
+        u64::from((n[(i / 32) as usize] >> (i % 32)) & 1)
+    }
+
+    /// `n` rounded to its top 64 bits: (significand, bits dropped).
+    fn big_top64_rounded(n: &[u32]) -> (u64, i32) {
+        let drop = big_bit_len(n) - 64;
+        let mut f = 0u64;
+        for i in (drop..drop + 64).rev() {
+            f = f << 1 | big_bit(n, i);
+        }
+        // No power of ten lies exactly halfway, so the next bit decides.
+        if big_bit(n, drop - 1) == 1 {
+            f += 1;
+        }
+        (f, drop)
+    }
+
+    #[test]
+    fn cached_powers_are_rounded_powers_of_ten() {
+        for (i, &(f, e)) in CACHED_POW10.iter().enumerate() {
+            let k = CACHED_POW10_FIRST + CACHED_POW10_STEP * i as i32;
+            let (want_f, want_e) = if k >= 0 {
+                let mut n = vec![1u32];
+                for _ in 0..k {
+                    big_mul_small(&mut n, 10);
+                }
+                big_top64_rounded(&n)
+            } else {
+                // floor(2^m / 10^-k) keeps well over 64 significant bits.
+                let m = -k * 4 + 80;
+                let mut n = vec![0u32; (m / 32) as usize];
+                n.push(1 << (m % 32));
+                for _ in 0..-k {
+                    big_div_small(&mut n, 10);
+                }
+                let (f, drop) = big_top64_rounded(&n);
+                (f, drop - m)
+            };
+            assert_eq!((f, e), (want_f, want_e), "10^{k}");
+        }
+    }
+
+    #[test]
+    fn cached_power_search_stays_in_the_window() {
+        // Every exponent a normalized boundary of a nonzero double can have.
+        for e in -1137..=960 {
+            let (cp, _) = cached_pow10(e);
+            let current = e + cp.e + 64;
+            assert!((-60..=-32).contains(&current), "e={e}: {current}");
+        }
     }
 }
