@@ -12,15 +12,19 @@ pub const UNINSTALL_SQL: &str = include_str!("../triggers/uninstall.sql");
 /// The version of the triggers this binary was built with (`pgcable.version()`).
 pub const VERSION: i32 = 2;
 
-/// The watched tables: three whose rows the relay re-reads, then three whose changes reach it
-/// as the fights they belong to (live combat).
-pub const TABLES: [&str; 6] = [
+/// The watched tables: three whose rows the relay re-reads, three whose changes reach it as the
+/// fights they belong to (live combat), then three whose changes grant or take away access
+/// (live authorization).
+pub const TABLES: [&str; 9] = [
     "characters",
     "vehicles",
     "fights",
     "shots",
     "character_effects",
     "chase_relationships",
+    "campaign_memberships",
+    "campaigns",
+    "users",
 ];
 
 /// The installed trigger version, or `None` if pgcable's triggers are not installed.
@@ -92,13 +96,22 @@ pub async fn is_usable(client: &Client) -> bool {
     }
 }
 
-/// The triggers install.sql puts on each table.
-pub const TRIGGERS: [&str; 4] = [
-    "pgcable_delete",
-    "pgcable_insert",
-    "pgcable_truncate",
-    "pgcable_update",
-];
+/// The triggers install.sql puts on each table (live-authorization tables have no TRUNCATE
+/// trigger, and `users` no INSERT trigger: a new user holds no connection yet).
+pub fn triggers_of(table: &str) -> &'static [&'static str] {
+    match table {
+        "campaign_memberships" | "campaigns" => {
+            &["pgcable_delete", "pgcable_insert", "pgcable_update"]
+        }
+        "users" => &["pgcable_delete", "pgcable_update"],
+        _ => &[
+            "pgcable_delete",
+            "pgcable_insert",
+            "pgcable_truncate",
+            "pgcable_update",
+        ],
+    }
+}
 
 /// One table's trigger state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +127,9 @@ pub struct TableStatus {
 impl TableStatus {
     /// The pgcable triggers this table should have and lacks.
     pub fn missing(&self) -> Vec<&'static str> {
-        TRIGGERS
-            .into_iter()
+        triggers_of(&self.table)
+            .iter()
+            .copied()
             .filter(|t| !self.triggers.iter().any(|have| have == t))
             .collect()
     }
