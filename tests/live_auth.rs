@@ -29,13 +29,14 @@ async fn sql(db: &TestDb, text: &str) {
 /// The next frame is the disconnect `expected`, then the socket closes; nothing else comes.
 async fn disconnected(c: &mut Cable, expected: &str) {
     assert_eq!(c.next_text().await, expected);
-    loop {
-        match c.next_message().await {
-            None | Some(tokio_tungstenite::tungstenite::Message::Close(_)) => return,
-            Some(other) => panic!("after the disconnect, got {other:?}"),
-        }
+    match c.next_message().await {
+        None | Some(tokio_tungstenite::tungstenite::Message::Close(_)) => {}
+        Some(other) => panic!("after the disconnect, got {other:?}"),
     }
 }
+
+/// A change to the database, written for a player and a fight of their campaign.
+type Change = fn(&Player, Uuid) -> String;
 
 /// A member of a campaign (owned by someone else) watching it on one connection, and a second
 /// campaign of their own on another.
@@ -144,7 +145,7 @@ async fn a_grant_is_seen_at_once() {
 /// campaign and one of its fights: the connection is ended with a remote disconnect.
 #[tokio::test]
 async fn each_revoking_change_disconnects() {
-    let cases: [(&str, fn(&Player, Uuid) -> String); 6] = [
+    let cases: [(&str, Change); 6] = [
         ("membership moved to another user", |p, _| {
             format!(
                 "UPDATE campaign_memberships SET user_id = '{}' WHERE user_id = '{}'",
