@@ -229,13 +229,3 @@ impl Batch {
         (self.rendered, self.failed)
     }
 }
-
-// TEMP STUB (replaced by the encounter renderer when merged)
-/// Encounters.
-pub async fn load_encounters(
-    _client: &ClientWrapper,
-    _ids: &[Uuid],
-    _cfg: &RenderConfig,
-) -> Result<(Vec<Rendered>, Failed), tokio_postgres::Error> {
-    Ok((Vec::new(), Vec::new()))
-}
