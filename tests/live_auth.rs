@@ -303,3 +303,128 @@ async fn rejected_subscribes_are_budgeted() {
     // A decision the connection already has is still given.
     c.subscribed(&own).await;
 }
+
+/// 10,000 forbidden subscribes from 100 connections while a writer keeps changing a watched
+/// character: Postgres answers at most 20 access queries per flooding connection (the budget),
+/// and the watcher keeps receiving every change. The latencies are printed; the heavy variant
+/// below asserts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forbidden_subscribes_is_budgeted() {
+    flood(false).await;
+}
+
+/// The same, asserting that the watcher's commit→receive p99 during the flood stays within 2×
+/// its value without it. Timing: run on a quiet machine, in release
+/// (`cargo test --release --test live_auth -- --ignored`); recorded in BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn a_flood_of_forbidden_subscribes_does_not_slow_the_feed() {
+    flood(true).await;
+}
+
+async fn flood(assert_latency: bool) {
+    let p = player().await;
+    let character = Uuid::new_v4();
+    sql(
+        &p.db,
+        &format!(
+            "INSERT INTO characters (id, campaign_id, name, created_at, updated_at) \
+             VALUES ('{character}', '{}', 'Watched', now(), now())",
+            p.own
+        ),
+    )
+    .await;
+    let own = campaign_channel(p.own);
+    let mut watcher = Cable::welcomed(p.relay.addr, &token(p.player)).await;
+    watcher.subscribed(&own).await;
+    let writer = p.db.client().await;
+
+    // Commit → receive of `n` updates, one every 10 ms; the latencies, sorted.
+    async fn latencies(
+        writer: &tokio_postgres::Client,
+        watcher: &mut Cable,
+        character: Uuid,
+        n: usize,
+    ) -> Vec<Duration> {
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            writer
+                .execute(
+                    "UPDATE characters SET name = $1 WHERE id = $2",
+                    &[&format!("Watched {i}"), &character],
+                )
+                .await
+                .expect("update");
+            let committed = std::time::Instant::now();
+            let payload = watcher.next_text().await;
+            assert!(payload.contains(&format!("Watched {i}")), "{payload}");
+            out.push(committed.elapsed());
+            let _reload = watcher.next_text().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        out.sort();
+        out
+    }
+    let p99 = |v: &[Duration]| v[(v.len() * 99).div_ceil(100) - 1];
+
+    let quiet = latencies(&writer, &mut watcher, character, 200).await;
+
+    let scans = || async {
+        // Every access query reads campaign_memberships once (its last OR branch).
+        tokio::time::sleep(Duration::from_millis(1500)).await; // statistics are flushed each second
+        let row = p
+            .db
+            .client()
+            .await
+            .query_one(
+                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables \
+                 WHERE relname = 'campaign_memberships'",
+                &[],
+            )
+            .await
+            .expect("pg_stat_user_tables");
+        row.get::<_, i64>(0)
+    };
+    let scans_before = scans().await;
+
+    let addr = p.relay.addr;
+    let tok = token(p.player);
+    let flood = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let tok = tok.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = Cable::welcomed(addr, &tok).await;
+                for _ in 0..100 {
+                    c.subscribe(&campaign_channel(Uuid::new_v4())).await;
+                }
+                for _ in 0..100 {
+                    let frame = c.next_text().await;
+                    assert!(frame.contains("reject_subscription"), "{frame}");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("flooding connection");
+        }
+    });
+    let flooded = latencies(&writer, &mut watcher, character, 200).await;
+    flood.await.expect("flood");
+    let queries = scans().await - scans_before;
+
+    eprintln!(
+        "watcher p99: {:?} quiet, {:?} during the flood; access queries: {queries}",
+        p99(&quiet),
+        p99(&flooded)
+    );
+    assert!(
+        !assert_latency || p99(&flooded) <= p99(&quiet) * 2,
+        "p99 {:?} during the flood, {:?} without",
+        p99(&flooded),
+        p99(&quiet)
+    );
+    assert!(
+        queries <= 20 * 100,
+        "{queries} access queries for 100 flooding connections"
+    );
+}
