@@ -415,8 +415,8 @@ async fn encounter_of_40_combatants() {
             "encounter of 40 combatants ({size} bytes): p50 {p50:?}, max {:?}",
             times[times.len() - 1]
         );
-        // A loose bound: the target (5 ms) is for release builds on a quiet machine.
-        assert!(p50 < Duration::from_millis(200), "p50 {p50:?}");
+        // Printed only: the render-time target (p50 ≤ 5 ms) is measured by
+        // `pgcable-bench encounter` in release on a quiet machine, not asserted here.
     })
     .await;
 }
