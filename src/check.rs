@@ -181,9 +181,13 @@ async fn trigger_state(client: &Client) -> Finding {
             format!("installed version {v} is older than this binary's ({expected}): {install}")
         }
         Some(v) if v > expected => {
-            format!(
-                "installed version {v} is newer than this binary's ({expected}): upgrade pgcable"
-            )
+            return Finding::new(
+                NAME,
+                Verdict::Warn,
+                format!(
+                    "installed version {v} is newer than this binary's ({expected}): the relay works with what it knows; upgrade pgcable"
+                ),
+            );
         }
         Some(_) => String::new(),
     };

@@ -175,6 +175,13 @@ async fn triggers_command(action: TriggersAction) -> Result<ExitCode, String> {
                     );
                     Ok(ExitCode::FAILURE)
                 }
+                Some(v) if v > triggers::VERSION => {
+                    println!(
+                        "installed version {v}, newer than this binary's ({}): the relay works with what it knows; upgrade pgcable",
+                        triggers::VERSION
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
                 Some(v) => {
                     println!(
                         "installed version {v}, this binary expects {}: run `pgcable triggers install`",

@@ -116,6 +116,11 @@ impl Metrics {
         histogram!("pgcable_reread_seconds").record(took.as_secs_f64());
     }
 
+    /// A notification on the channel could not be used (unknown kind, malformed).
+    pub fn notification_ignored(&self) {
+        counter!("pgcable_notifications_ignored_total").increment(1);
+    }
+
     /// An access decision was asked of the database.
     pub fn access_query(&self) {
         counter!("pgcable_access_queries_total").increment(1);

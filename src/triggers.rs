@@ -48,9 +48,12 @@ pub async fn installed_version(client: &Client) -> Result<Option<i32>, tokio_pos
 /// before the triggers are, with no downtime.
 pub const OLDEST_SUPPORTED: i32 = 1;
 
-/// Whether this binary works with installed trigger version `v`.
+/// Whether this binary works with installed trigger version `v`: any from
+/// [`OLDEST_SUPPORTED`] on. Newer versions only add payload kinds and trailing elements, which
+/// this binary ignores (triggers/README.md: readers ignore what they do not know), so a relay
+/// keeps serving while the triggers are upgraded ahead of it.
 pub fn usable(v: i32) -> bool {
-    (OLDEST_SUPPORTED..=VERSION).contains(&v)
+    v >= OLDEST_SUPPORTED
 }
 
 /// What an older but usable installed version lacks, for messages.
@@ -81,9 +84,9 @@ pub async fn is_usable(client: &Client) -> bool {
             tracing::warn!(
                 installed = v,
                 expected = VERSION,
-                "installed triggers are newer than this binary: upgrade pgcable"
+                "installed triggers are newer than this binary: the relay works with what it knows; upgrade pgcable for the rest"
             );
-            false
+            true
         }
         Ok(None) => {
             tracing::warn!("pgcable triggers are not installed in this database: run `pgcable triggers install`");

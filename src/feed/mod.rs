@@ -145,7 +145,28 @@ async fn notification(
                 rows.mark(),
             ));
         }
-        Err(e) => tracing::warn!(error = %e, "notification ignored"),
+        Err(e) => ignored(state, &e),
+    }
+}
+
+/// A notification the relay cannot use (a newer trigger version's, or anyone's `NOTIFY
+/// pgcable`): counted, and logged at most once a minute so that a flood cannot fill the log.
+fn ignored(state: &State, error: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOGGED: AtomicU64 = AtomicU64::new(0);
+    static SINCE_LOGGED: AtomicU64 = AtomicU64::new(0);
+    state.metrics.notification_ignored();
+    let now = crate::cable::connection::unix_now();
+    let last = LAST_LOGGED.load(Ordering::Relaxed);
+    if now >= last + 60
+        && LAST_LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let more = SINCE_LOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(%error, ignored_since_last_line = more, "notification ignored (pgcable_notifications_ignored_total counts them all)");
+    } else {
+        SINCE_LOGGED.fetch_add(1, Ordering::Relaxed);
     }
 }
 
