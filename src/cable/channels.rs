@@ -197,8 +197,8 @@ impl Access {
         }
     }
 
-    /// The answer without asking the database: `Some` for the connection's own user channel,
-    /// a connect-time admin, or a cached decision.
+    /// The answer without asking the database: `Some` for a user channel, a connect-time
+    /// admin, or a cached "yes".
     pub async fn known(&self, user: &User, channel: &Channel) -> Option<bool> {
         match channel.resource() {
             None => Some(matches!(channel, Channel::User { id } if *id == user.id)),
@@ -218,12 +218,14 @@ impl Access {
         }
     }
 
-    /// Asks the database now (never the cache) and caches the answer, unless access changed
-    /// while it was asked.
+    /// Asks the database now (never the cache) and caches a "yes", unless access changed while
+    /// it was asked. A "no" is not cached: the grant that turns it into a "yes" commits before
+    /// its notification reaches the relay, and a client told about the grant may subscribe in
+    /// between. Refusals are bounded per connection instead (the rejection budget).
     pub async fn decide(&self, user: Uuid, resource: Resource) -> Result<bool, Rejection> {
         let epoch = self.epoch();
         let allowed = self.query(user, resource).await?;
-        if self.epoch() == epoch {
+        if allowed && self.epoch() == epoch {
             self.cache.insert((user, resource), allowed).await;
         }
         Ok(allowed)

@@ -8,6 +8,7 @@
 // The cases run at once, each with its own users, campaigns and consumer, so the client's
 // reconnect delay (several seconds) is paid once.
 
+import { createHmac } from "node:crypto";
 import WebSocket from "ws";
 import pg from "pg";
 import { createConsumer, adapters } from "@rails/actioncable";
@@ -151,8 +152,57 @@ run("live_auth", async () => {
   await assert(second.connected === 1, "the subscription was rejected after the membership was added");
   await sleep(100);
 
+  step("the user deleted: disconnected, and the reconnect is refused as unauthorized");
+  const d = await setup(db);
+  const deleted = createConsumer(url(d.player));
+  onCleanup(() => deleted.disconnect());
+  const dGone = track(deleted, { channel: "CampaignChannel", id: d.campaign });
+  await waitFor("the subscription", () => dGone.connected === 1);
+  await db.query(
+    `BEGIN;
+     DELETE FROM campaign_memberships WHERE user_id = '${d.player}';
+     UPDATE campaigns SET user_id = '${d.owner}' WHERE user_id = '${d.player}';
+     DELETE FROM users WHERE id = '${d.player}';
+     SELECT pgcable.broadcast('campaign_${d.campaign}', '{"after":"deletion"}');
+     COMMIT;`,
+  );
+  await waitFor("the disconnect", () => dGone.disconnected >= 1);
+  // The client comes back by itself and is turned away for good.
+  await waitFor("the client to give up after an unauthorized reconnect", () => deleted.connection.monitor.isRunning() === false, {
+    timeoutMs: 30_000,
+    intervalMs: 100,
+    details: () => ({ state: deleted.connection.getState(), disconnected: dGone.disconnected }),
+  });
+  await assert(dGone.connected === 1, "the deleted user's subscription was confirmed again");
+  await assertDeepEqual(dGone.received, [], "messages the deleted user received after the deletion");
+
+  step("with PGCABLE_CHECK_JTI: a rotated jti (sign-out) ends the connection as unauthorized");
+  const strict = new Relay({
+    bin: cfg.bin,
+    port: await freePort(),
+    env: { DATABASE_URL: cfg.databaseUrl, DEVISE_JWT_SECRET_KEY: cfg.secret, PGCABLE_CHECK_JTI: "true" },
+  });
+  strict.start();
+  await strict.waitHealthy();
+  const j = await setup(db);
+  const jwtWithJti = (() => {
+    const now = Math.floor(Date.now() / 1000);
+    const enc = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const body = `${enc({ alg: "HS256", typ: "JWT" })}.${enc({ sub: j.player, scp: "user", jti: j.player, iat: now, exp: now + 3600 })}`;
+    return `${body}.${createHmac("sha256", cfg.secret).update(body).digest("base64url")}`;
+  })();
+  const signedIn = createConsumer(`ws://${strict.addr}/cable?token=Bearer%20${jwtWithJti}`);
+  onCleanup(() => signedIn.disconnect());
+  const jSub = track(signedIn, { channel: "CampaignChannel", id: j.own });
+  await waitFor("the subscription", () => jSub.connected === 1);
+  await db.query(`UPDATE users SET jti = 'signed-out' WHERE id = $1`, [j.player]);
+  await waitFor("the disconnect", () => jSub.disconnected >= 1);
+  await sleep(500);
+  await assert(signedIn.connection.monitor.isRunning() === false, "the client will reconnect after an unauthorized disconnect");
+
   step("stop");
   for (const r of runs) r.consumer.disconnect();
   consumer.disconnect();
   await relay.terminate();
+  await strict.terminate();
 });
