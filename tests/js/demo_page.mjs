@@ -7,7 +7,8 @@
 //   RENAME, MOVE, END   the three printed psql commands, run as printed with `sh -c`
 //   DATABASE_URL  the demo database (for one more UPDATE: a name with HTML in it)
 //   ARTIFACTS     directory for the screenshot taken on failure
-//   SCREENSHOT    optional: also save a screenshot here after the shot moved
+//   SCREENSHOT    optional: also save a screenshot here after the shot moved (and one named
+//                 <SCREENSHOT without .png>-end.png at the end)
 //
 // Flow: the cards and the shot counter show the seeded campaign before any message; the "try this"
 // box lists the printed commands; RENAME changes Johnny's card (highlighted); MOVE moves Johnny
@@ -163,4 +164,9 @@ run("demo-page", async () => {
   await assert(bruiser.nameChildren === 0, "the name was rendered as HTML", bruiser);
   await assert(!bruiser.elements.includes("b") && !bruiser.elements.includes("img"), "HTML elements from the name", bruiser);
   await assert((await page.title()) === "pgcable live demo", "the page title changed");
+  if (process.env.SCREENSHOT) {
+    const end = process.env.SCREENSHOT.replace(/\.png$/, "") + "-end.png";
+    await page.screenshot({ path: end, fullPage: true });
+    log(`screenshot: ${end}`);
+  }
 });
