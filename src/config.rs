@@ -109,6 +109,10 @@ pub struct Config {
     pub require_exp: bool,
     pub check_jti: bool,
     pub require_active_user: bool,
+    /// The live page's data endpoint `GET /demo/state`: set only by `pgcable dev`. `None` (the
+    /// default, and always for `serve`) leaves the route unserved (404), so a production relay
+    /// never hands out rows over plain HTTP.
+    pub demo: Option<crate::dev::Demo>,
 }
 
 impl Config {
@@ -150,6 +154,7 @@ impl Config {
             require_exp: args.require_exp,
             check_jti: args.check_jti,
             require_active_user: args.require_active_user,
+            demo: None,
         })
     }
 
@@ -173,6 +178,7 @@ impl Config {
             require_exp: false,
             check_jti: false,
             require_active_user: false,
+            demo: None,
         }
     }
 }

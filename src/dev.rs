@@ -31,6 +31,10 @@ pub const DEMO_USER_JTI: &str = "demo-gm-jti-00000000000000000001";
 pub const DEMO_CAMPAIGN_ID: &str = "00000000-0000-4000-8000-0000000000c1";
 /// The demo character "Johnny Tso" that the printed `psql` command edits.
 pub const DEMO_CHARACTER_ID: &str = "00000000-0000-4000-8000-000000000101";
+/// The demo's active fight "Showdown at the Docks", which a printed command ends.
+pub const DEMO_FIGHT_ID: &str = "00000000-0000-4000-8000-000000000301";
+/// Johnny Tso's shot in the demo fight (14 on the counter), which a printed command moves.
+pub const DEMO_SHOT_ID: &str = "00000000-0000-4000-8000-000000000311";
 /// The last line `pgcable dev` prints once everything runs (scripts and tests wait for it).
 pub const READY_LINE: &str = "pgcable dev: ready";
 /// The live page served at `GET /demo`.
@@ -50,6 +54,51 @@ const PG_START_TIMEOUT_SECS: u64 = 60;
 const PG_STOP_TIMEOUT_SECS: u64 = 20;
 const LISTENER_TIMEOUT: Duration = Duration::from_secs(20);
 const RELAY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the live page's data endpoint (`GET /demo/state`, [`crate::demo_state`]) needs besides
+/// the database. Only `pgcable dev` puts one in [`Config::demo`].
+#[derive(Debug, Clone)]
+pub struct Demo {
+    /// The campaign the page shows unless it names another.
+    pub campaign_id: uuid::Uuid,
+    /// The changes to try, as printed (without a password), for the page's "try this" box.
+    pub commands: Vec<TryCommand>,
+}
+
+/// One change to try: what it does and the shell command that makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TryCommand {
+    /// What the command does, in a few words.
+    pub label: String,
+    /// A `psql` command line, ready to paste into a shell.
+    pub command: String,
+}
+
+/// The changes `pgcable dev` suggests, each a `psql` command against `demo_url`: rename a
+/// character, move a combatant on the fight's shot counter, end the fight.
+pub fn try_commands(demo_url: &str) -> Vec<TryCommand> {
+    let psql = format!("psql {}", shell_quote(demo_url));
+    [
+        (
+            "rename a character",
+            format!("UPDATE characters SET name = 'Johnny Tso (edited)' WHERE id = '{DEMO_CHARACTER_ID}'"),
+        ),
+        (
+            "move Johnny Tso 3 shots down the shot counter",
+            format!("UPDATE shots SET shot = shot - 3 WHERE id = '{DEMO_SHOT_ID}'"),
+        ),
+        (
+            "end the fight",
+            format!("UPDATE fights SET ended_at = now() WHERE id = '{DEMO_FIGHT_ID}'"),
+        ),
+    ]
+    .into_iter()
+    .map(|(label, sql)| TryCommand {
+        label: label.to_string(),
+        command: format!("{psql} -c \"{sql}\""),
+    })
+    .collect()
+}
 
 /// Settings of `pgcable dev`.
 #[derive(Args, Debug, Clone)]
@@ -216,6 +265,13 @@ async fn start(args: &DevArgs, made: &mut Made) -> Result<Server, String> {
     config.listen = args.listen;
     config.shutdown_timeout = Duration::from_secs(2);
     config.pool_size = 4;
+    let commands = try_commands(&demo_url);
+    config.demo = Some(Demo {
+        campaign_id: uuid::Uuid::parse_str(DEMO_CAMPAIGN_ID)
+            .map_err(|e| format!("bad demo campaign id: {e}"))?,
+        // The page gets the commands without the password: it is served over plain HTTP.
+        commands: try_commands(&without_password(&demo_url)),
+    });
     let relay = server::start(config).await?;
     let deadline = tokio::time::Instant::now() + LISTENER_TIMEOUT;
     while !relay.state.listening.load(Ordering::Relaxed) {
@@ -231,11 +287,11 @@ async fn start(args: &DevArgs, made: &mut Made) -> Result<Server, String> {
     }
 
     let token = demo_token(&secret)?;
-    print_instructions(relay.addr, &demo_url, &token, secret == DEV_SECRET);
+    print_instructions(relay.addr, &commands, &token, secret == DEV_SECRET);
     Ok(relay)
 }
 
-fn print_instructions(addr: SocketAddr, demo_url: &str, token: &str, dev_secret: bool) {
+fn print_instructions(addr: SocketAddr, commands: &[TryCommand], token: &str, dev_secret: bool) {
     use std::io::Write;
     let shown = match addr.ip() {
         ip if ip.is_unspecified() => SocketAddr::new([127, 0, 0, 1].into(), addr.port()),
@@ -246,6 +302,10 @@ fn print_instructions(addr: SocketAddr, demo_url: &str, token: &str, dev_secret:
     } else {
         "DEVISE_JWT_SECRET_KEY".to_string()
     };
+    let mut tries = String::new();
+    for c in commands {
+        tries.push_str(&format!("  # {}\n  {}\n", c.label, c.command));
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -254,15 +314,14 @@ fn print_instructions(addr: SocketAddr, demo_url: &str, token: &str, dev_secret:
          A token for the demo user {DEMO_USER_ID} (HS256, valid 24 h, signed with {secret}):\n\
          \x20 {token}\n\
          \n\
-         Watch the demo campaign live in a browser:\n\
+         Watch the demo campaign and its fight live in a browser:\n\
          \x20 http://{shown}/demo?token={token}\n\
          \n\
-         Make a change and see it arrive:\n\
-         \x20 psql {} -c \"UPDATE characters SET name = 'Johnny Tso (edited)' WHERE id = '{DEMO_CHARACTER_ID}'\"\n\
+         Make a change and watch the page show it (each command runs as printed):\n\
+         {tries}\
          \n\
          Ctrl-C stops the relay and removes the demo database.\n\
          {READY_LINE}",
-        shell_quote(demo_url),
     );
     let _ = out.flush();
 }
@@ -357,6 +416,38 @@ pub fn with_database(url: &str, name: &str) -> String {
     match query {
         Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
         None => format!("{scheme}://{authority}/{name}"),
+    }
+}
+
+/// `url` without its password (URL or key=value form), for text that leaves the terminal.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url
+            .split_whitespace()
+            .filter(|w| !w.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let main = match main.rsplit_once('@') {
+        Some((creds, host)) => match creds.split_once(':') {
+            Some((user, _password)) => format!("{user}@{host}"),
+            None => main.to_string(),
+        },
+        None => main.to_string(),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .filter(|p| !p.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) if !q.is_empty() => format!("{scheme}://{main}?{q}"),
+        _ => format!("{scheme}://{main}"),
     }
 }
 
@@ -720,6 +811,40 @@ mod tests {
         assert_eq!(
             with_database("host=h dbname=prod", "demo"),
             "host=h dbname=prod dbname=demo"
+        );
+    }
+
+    #[test]
+    fn drops_the_password() {
+        assert_eq!(
+            without_password("postgres://u:secret@h:5432/d"),
+            "postgres://u@h:5432/d"
+        );
+        assert_eq!(
+            without_password("postgres://u@h/d?sslmode=disable&password=x"),
+            "postgres://u@h/d?sslmode=disable"
+        );
+        assert_eq!(
+            without_password("postgres://u:p@h/d?password=x"),
+            "postgres://u@h/d"
+        );
+        assert_eq!(
+            without_password("host=h password=x dbname=d"),
+            "host=h dbname=d"
+        );
+    }
+
+    #[test]
+    fn suggests_three_changes() {
+        let commands = try_commands("postgres://postgres@127.0.0.1:5432/demo");
+        let lines: Vec<&str> = commands.iter().map(|c| c.command.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("psql 'postgres://postgres@127.0.0.1:5432/demo' -c \"UPDATE characters SET name = 'Johnny Tso (edited)' WHERE id = '{DEMO_CHARACTER_ID}'\""),
+                format!("psql 'postgres://postgres@127.0.0.1:5432/demo' -c \"UPDATE shots SET shot = shot - 3 WHERE id = '{DEMO_SHOT_ID}'\""),
+                format!("psql 'postgres://postgres@127.0.0.1:5432/demo' -c \"UPDATE fights SET ended_at = now() WHERE id = '{DEMO_FIGHT_ID}'\""),
+            ]
         );
     }
 

@@ -1,5 +1,6 @@
-//! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`, and `/demo` (the
-//! static live page of `pgcable dev`, [`crate::dev::DEMO_HTML`]).
+//! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`, `/demo` (the
+//! static live page of `pgcable dev`, [`crate::dev::DEMO_HTML`]) and, only under `pgcable dev`,
+//! the page's data `/demo/state` ([`crate::demo_state`]).
 //!
 //! Owns the HTTP/1.1 connections (accepting, the header-read timeout, graceful stop), the
 //! handshake rules of protocol.md §1 (subprotocol, origin, 404s) and the operator endpoints.
@@ -131,7 +132,7 @@ pub fn routes(
         });
     let metrics = warp::path("metrics")
         .and(warp::path::end())
-        .and(with_state)
+        .and(with_state.clone())
         .map(|state: Arc<State>| {
             state
                 .metrics
@@ -155,6 +156,12 @@ pub fn routes(
         );
         r
     });
+    // Only under `pgcable dev` (`config.demo`); otherwise the same 404 as any unknown path.
+    let demo_state = warp::path!("demo" / "state")
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(with_state.clone())
+        .then(demo_state);
     warp::get()
         .and(
             cable
@@ -165,6 +172,8 @@ pub fn routes(
                 .or(metrics)
                 .unify()
                 .or(demo)
+                .unify()
+                .or(demo_state)
                 .unify(),
         )
         .recover(|_| async { Ok::<_, Infallible>(not_found()) })
@@ -178,6 +187,18 @@ fn json_reply(status: StatusCode, body: String) -> Response {
         "content-type",
         warp::http::HeaderValue::from_static("application/json"),
     );
+    r
+}
+
+async fn demo_state(authorization: Option<String>, query: String, state: Arc<State>) -> Response {
+    let Some(demo) = state.config.demo.as_ref() else {
+        return not_found();
+    };
+    let (status, body) =
+        crate::demo_state::answer(&state, demo, authorization.as_deref(), &query).await;
+    let mut r = json_reply(status, body);
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
     r
 }
 

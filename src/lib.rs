@@ -7,6 +7,7 @@ pub mod cable;
 pub mod check;
 pub mod config;
 pub mod db;
+pub mod demo_state;
 pub mod dev;
 pub mod feed;
 pub mod http;
