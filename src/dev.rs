@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use tokio::process::Command;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{Config, DbArgs};
 use crate::server::{self, Server};
@@ -291,10 +291,12 @@ pub fn demo_token(secret: &str) -> Result<String, String> {
 /// Connects to `url`: `Some` if a server answered, `None` if nothing is there (refused, no such
 /// host, timed out), and an error if a server answered but refused us (wrong password, ...).
 async fn probe(url: &str) -> Result<Option<Client>, String> {
-    let cfg = db::config(url, APPLICATION_NAME)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await {
+    let target = db::Target::new(url, APPLICATION_NAME)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, target.open()).await {
         Err(_) => Ok(None),
-        Ok(Ok((client, connection))) => {
+        Ok(Ok(db::Opened {
+            client, connection, ..
+        })) => {
             tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -308,13 +310,14 @@ async fn probe(url: &str) -> Result<Option<Client>, String> {
             );
             Ok(None)
         }
-        Ok(Err(e)) => Err(db::explain(url, &db::error_text(&e))),
+        Ok(Err(e)) => Err(target.explain(&e)),
     }
 }
 
 /// Whether a connection error means no server is there (as opposed to a server saying no).
 fn nothing_there(e: &tokio_postgres::Error) -> bool {
-    if e.as_db_error().is_some() {
+    // A TLS failure comes wrapped in an I/O error, but a server did answer.
+    if e.as_db_error().is_some() || crate::tls::is_tls_failure(e) {
         return false;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
