@@ -455,11 +455,7 @@ fn tls_finding(target: &db::Target, first: &TlsSeen, second: Option<&TlsSeen>) -
         _ => Finding::new(
             NAME,
             Verdict::Ok,
-            format!(
-                "{seen}; {} against {} (sslmode={mode})",
-                settings.checks(),
-                settings.trust()
-            ),
+            format!("{seen}; {} (sslmode={mode})", settings.checks()),
         ),
     }
 }
@@ -619,6 +615,47 @@ mod tests {
         assert_eq!(f.to_string(), "FAIL  secret    not set");
         assert!(!go(&[f]));
         assert!(go(&[Finding::new("queue", Verdict::Warn, "x")]));
+    }
+
+    #[test]
+    fn tls_verdicts() {
+        let target = |url: &str| db::Target::new(url, "t").unwrap_or_else(|e| panic!("{e}"));
+        let tls13 = TlsSeen {
+            encrypted: true,
+            server: Some((true, Some("TLSv1.3".into()), Some("X".into()))),
+        };
+        let plain = TlsSeen {
+            encrypted: false,
+            server: Some((false, None, None)),
+        };
+        // Over the network: clear text and unverified TLS warn; verified TLS is ok.
+        let remote = target("postgres://db.example.com/d?sslmode=require");
+        let f = tls_finding(&remote, &tls13, Some(&tls13));
+        assert_eq!(f.verdict, Verdict::Warn, "{f}");
+        assert!(f.detail.contains("both connections TLS, TLSv1.3"), "{f}");
+        let f = tls_finding(&remote, &plain, Some(&plain));
+        assert_eq!(f.verdict, Verdict::Warn, "{f}");
+        let full = target("postgres://db.example.com/d?sslmode=verify-full");
+        let f = tls_finding(&full, &tls13, Some(&tls13));
+        assert_eq!(f.verdict, Verdict::Ok, "{f}");
+        assert!(f.detail.contains("host name verified"), "{f}");
+        // A pooler that ends TLS, and connections that differ, are told apart.
+        let pooled = TlsSeen {
+            encrypted: true,
+            server: Some((false, None, None)),
+        };
+        let f = tls_finding(&full, &pooled, Some(&plain));
+        assert_eq!(f.verdict, Verdict::Warn, "{f}");
+        assert!(
+            f.detail.contains("proxy or pooler") && f.detail.contains("second"),
+            "{f}"
+        );
+        // On this machine, clear text is fine.
+        let local = target("postgres://localhost/d?sslmode=disable");
+        assert_eq!(tls_finding(&local, &plain, None).verdict, Verdict::Ok);
+        assert!(is_local(&target("host=/run/postgresql dbname=d").config));
+        assert!(is_local(&target("postgres://[::1]:5432/d").config));
+        assert!(!is_local(&remote.config));
     }
 
     #[test]

@@ -200,12 +200,19 @@ impl Settings {
         }
     }
 
-    /// What the mode checks, for reports: e.g. `certificate chain and host name verified`.
-    pub fn checks(&self) -> &'static str {
+    /// What the mode checks, for reports: e.g. `certificate chain and host name verified
+    /// against the system's trust store`.
+    pub fn checks(&self) -> String {
         match self.verify {
-            Verify::Nothing => "the server's certificate is not verified",
-            Verify::Chain => "certificate chain verified, host name not",
-            Verify::ChainAndName => "certificate chain and host name verified",
+            Verify::Nothing => "the server's certificate is not verified".to_string(),
+            Verify::Chain => format!(
+                "certificate chain verified against {}, host name not checked",
+                self.trust()
+            ),
+            Verify::ChainAndName => format!(
+                "certificate chain and host name verified against {}",
+                self.trust()
+            ),
         }
     }
 }
