@@ -460,3 +460,126 @@ async fn relay_check_and_triggers_over_verify_full() {
     relay.shutdown();
     relay.stopped().await;
 }
+
+/// `pgcable dev` on `url`; returns the child and a channel of its stdout lines.
+fn dev(url: &str) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgcable"))
+        .arg("dev")
+        .env("DATABASE_URL", url)
+        .env("PGCABLE_LISTEN", "127.0.0.1:0")
+        .env_remove("DEVISE_JWT_SECRET_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pgcable dev");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    let err = child.stderr.take().expect("stderr");
+    for stream in [
+        Box::new(out) as Box<dyn std::io::Read + Send>,
+        Box::new(err) as Box<dyn std::io::Read + Send>,
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    (child, rx)
+}
+
+/// Lines until `until` matches one (returned with it) or 60 s pass (panics).
+fn read_until(rx: &std::sync::mpsc::Receiver<String>, until: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = until(&line);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(_) => panic!(
+                "pgcable dev: expected line not seen; output:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// Sends SIGTERM and waits (at most 30 s) for `child` to exit.
+fn terminate(child: &mut std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pgcable dev did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn dev_over_verify_full_and_a_wrong_ca_is_not_mistaken_for_no_server() {
+    let tc = TlsCluster::start(None).await;
+
+    // A certificate from the wrong CA: dev stops with the TLS reason; it does not take the
+    // failed handshake for "no Postgres here" and start a throwaway cluster instead.
+    let bad = tc.url(
+        CERT_HOST,
+        &format!("sslmode=verify-full&sslrootcert={}", param(&tc.other_ca())),
+    );
+    let (mut child, rx) = dev(&bad);
+    let lines = read_until(&rx, |l| l.starts_with("pgcable:"));
+    terminate(&mut child);
+    let text = lines.join("\n");
+    assert!(!text.contains("throwaway cluster"), "{text}");
+    assert!(
+        text.contains("TLS") && text.contains("unknown issuer"),
+        "{text}"
+    );
+
+    // The right CA: the demo database is made over TLS and the relay runs over TLS.
+    let good = tc.url(
+        CERT_HOST,
+        &format!("sslmode=verify-full&sslrootcert={}", param(&tc.ca())),
+    );
+    let (mut child, rx) = dev(&good);
+    let lines = read_until(&rx, |l| l == pgcable::dev::READY_LINE);
+    assert!(!lines.join("\n").contains("throwaway cluster"), "{lines:?}");
+    let admin = common::connect(&tc.url("127.0.0.1", "sslmode=disable")).await;
+    let rows = admin
+        .query(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.application_name IN ('pgcable', 'pgcable-listener')",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl");
+    assert!(!rows.is_empty(), "the dev relay's connections are there");
+    assert!(rows.iter().all(|r| r.get::<_, bool>(1)), "all over TLS");
+    terminate(&mut child);
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgcable_demo_%'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the demo database was dropped over TLS");
+}
