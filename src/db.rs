@@ -208,6 +208,8 @@ pub fn explain(url: &str, error: &str) -> String {
     let shown = redact(url);
     if error.contains("password authentication failed") {
         format!("cannot log in to Postgres at {shown}: wrong user or password ({error}); fix DATABASE_URL")
+    } else if error.contains("no pg_hba.conf entry") {
+        format!("Postgres at {shown} refused this connection ({error}); the server's pg_hba.conf must allow this host, user and database, or fix DATABASE_URL")
     } else if error.contains("does not exist") {
         format!("Postgres at {shown} says: {error}; create it or fix DATABASE_URL")
     } else {
@@ -217,15 +219,34 @@ pub fn explain(url: &str, error: &str) -> String {
 
 /// The connection string without its password, for messages and logs.
 pub fn redact(url: &str) -> String {
-    // postgres://user:password@host/db → postgres://user:***@host/db
+    // postgres://user:password@host/db?password=x → postgres://user:***@host/db?password=***
     if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((creds, host)) = rest.rsplit_once('@') {
-            if let Some((user, _)) = creds.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
+        let (main, query) = match rest.split_once('?') {
+            Some((m, q)) => (m, Some(q)),
+            None => (rest, None),
+        };
+        let main = match main.rsplit_once('@') {
+            Some((creds, host)) => match creds.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => main.to_string(),
+            },
+            None => main.to_string(),
+        };
+        let query = query.map(|q| {
+            q.split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("password", _)) => "password=***",
+                    _ => pair,
+                })
+                .collect::<Vec<_>>()
+                .join("&")
+        });
+        return match query {
+            Some(q) => format!("{scheme}://{main}?{q}"),
+            None => format!("{scheme}://{main}"),
+        };
     }
-    url.to_string()
+    tls::redact_key_values(url)
 }
 
 #[cfg(test)]
@@ -240,5 +261,13 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
         assert_eq!(redact("host=x user=y"), "host=x user=y");
+        assert_eq!(
+            redact("host=x password='s e' user=y"),
+            "host=x password=*** user=y"
+        );
+        assert_eq!(
+            redact("postgres://h/d?sslmode=require&password=p"),
+            "postgres://h/d?sslmode=require&password=***"
+        );
     }
 }

@@ -378,6 +378,23 @@ fn pairs(s: &str) -> Result<Vec<Pair>, String> {
     }
 }
 
+/// `s` (key=value form) with the value of every `password` replaced by `***`; unchanged if it
+/// does not parse.
+pub fn redact_key_values(s: &str) -> String {
+    let Ok(pairs) = pairs(s) else {
+        return s.to_string();
+    };
+    let mut out = String::new();
+    let mut copied_to = 0;
+    for pair in pairs.iter().filter(|p| p.key == "password") {
+        out.push_str(&s[copied_to..pair.start]);
+        out.push_str("password=***");
+        copied_to = pair.end;
+    }
+    out.push_str(&s[copied_to..]);
+    out
+}
+
 fn split_key_values(s: &str) -> Result<Parts, String> {
     let (mut mode, mut root_cert) = (None, None);
     let mut rest = String::new();
