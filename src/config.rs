@@ -13,7 +13,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 /// Settings shared by every subcommand that talks to Postgres.
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
-    /// Postgres connection string.
+    /// Postgres connection string (URL or key=value); honours libpq's sslmode (disable, allow,
+    /// prefer, require, verify-ca, verify-full) and sslrootcert (a CA file, or `system`).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use tokio::process::Command;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{Config, DbArgs};
 use crate::server::{self, Server};
@@ -350,10 +350,12 @@ pub fn demo_token(secret: &str) -> Result<String, String> {
 /// Connects to `url`: `Some` if a server answered, `None` if nothing is there (refused, no such
 /// host, timed out), and an error if a server answered but refused us (wrong password, ...).
 async fn probe(url: &str) -> Result<Option<Client>, String> {
-    let cfg = db::config(url, APPLICATION_NAME)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await {
+    let target = db::Target::new(url, APPLICATION_NAME)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, target.open()).await {
         Err(_) => Ok(None),
-        Ok(Ok((client, connection))) => {
+        Ok(Ok(db::Opened {
+            client, connection, ..
+        })) => {
             tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -367,13 +369,14 @@ async fn probe(url: &str) -> Result<Option<Client>, String> {
             );
             Ok(None)
         }
-        Ok(Err(e)) => Err(db::explain(url, &db::error_text(&e))),
+        Ok(Err(e)) => Err(target.explain(&e)),
     }
 }
 
 /// Whether a connection error means no server is there (as opposed to a server saying no).
 fn nothing_there(e: &tokio_postgres::Error) -> bool {
-    if e.as_db_error().is_some() {
+    // A TLS failure comes wrapped in an I/O error, but a server did answer.
+    if e.as_db_error().is_some() || crate::tls::is_tls_failure(e) {
         return false;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -582,6 +585,13 @@ impl Cluster {
 
     /// initdb, configure, pg_ctl start.
     pub async fn start(&self) -> Result<(), String> {
+        self.init().await?;
+        self.start_server().await
+    }
+
+    /// initdb and the settings of a private cluster; the server is not started (tests add
+    /// settings and files with [`Cluster::configure`] and [`Cluster::write_file`] first).
+    pub async fn init(&self) -> Result<(), String> {
         println!(
             "pgcable dev: throwaway cluster in {} on 127.0.0.1:{} ({})",
             self.dir.display(),
@@ -612,9 +622,38 @@ impl Cluster {
              full_page_writes = off\n",
             self.port
         );
-        append(&self.data().join("postgresql.conf"), &settings)
-            .map_err(|e| format!("cannot configure the throwaway cluster: {e}"))?;
-        self.start_server().await
+        self.configure(&settings)
+    }
+
+    /// Appends `settings` to postgresql.conf; they take effect at the next start or reload.
+    pub fn configure(&self, settings: &str) -> Result<(), String> {
+        append(&self.data().join("postgresql.conf"), settings)
+            .map_err(|e| format!("cannot configure the throwaway cluster: {e}"))
+    }
+
+    /// Writes (or replaces) a file in the data directory, readable only by the server's user
+    /// (mode 0600, as PostgreSQL insists for `ssl_key_file`), e.g. `pg_hba.conf` or a TLS key.
+    /// Returns its path.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, String> {
+        let path = self.data().join(name);
+        let written = write_private(&path, contents).and_then(|()| match self.run_as {
+            Some((uid, gid)) => chown(&path, uid, gid),
+            None => Ok(()),
+        });
+        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Makes the running server read its configuration files again (`pg_ctl reload`).
+    pub async fn reload(&self) -> Result<(), String> {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("-D").arg(self.data()).arg("reload");
+        run_program(
+            pg_ctl,
+            Duration::from_secs(PG_STOP_TIMEOUT_SECS),
+            "pg_ctl reload",
+        )
+        .await
     }
 
     /// Starts the (initialized) server again.
@@ -741,6 +780,26 @@ fn append(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
     f.write_all(text.as_bytes())
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, contents)
 }
 
 #[cfg(unix)]

@@ -17,4 +17,5 @@ pub mod render;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod tls;
 pub mod triggers;
