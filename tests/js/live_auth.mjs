@@ -32,6 +32,8 @@ const CASES = [
     sql: (x) => `DELETE FROM campaign_memberships WHERE user_id = '${x.player}'` },
   { name: "membership moved to another user", watcher: "player", channel: "campaign",
     sql: (x) => `UPDATE campaign_memberships SET user_id = '${x.owner}' WHERE user_id = '${x.player}'` },
+  { name: "membership moved to another campaign", watcher: "player", channel: "campaign",
+    sql: (x) => `UPDATE campaign_memberships SET campaign_id = '${x.elsewhere}' WHERE user_id = '${x.player}'` },
   { name: "ownership transferred", watcher: "owner", channel: "campaign",
     sql: (x) => `UPDATE campaigns SET user_id = '${x.player}' WHERE id = '${x.campaign}'` },
   { name: "campaign deleted", watcher: "owner", channel: "campaign",
@@ -176,29 +178,39 @@ run("live_auth", async () => {
   await assert(dGone.connected === 1, "the deleted user's subscription was confirmed again");
   await assertDeepEqual(dGone.received, [], "messages the deleted user received after the deletion");
 
-  step("with PGCABLE_CHECK_JTI: a rotated jti (sign-out) ends the connection as unauthorized");
+  step("with PGCABLE_CHECK_JTI and PGCABLE_REQUIRE_ACTIVE_USER: a rotated jti (sign-out) and a deactivated user end the connection as unauthorized");
   const strict = new Relay({
     bin: cfg.bin,
     port: await freePort(),
-    env: { DATABASE_URL: cfg.databaseUrl, DEVISE_JWT_SECRET_KEY: cfg.secret, PGCABLE_CHECK_JTI: "true" },
+    env: {
+      DATABASE_URL: cfg.databaseUrl, DEVISE_JWT_SECRET_KEY: cfg.secret,
+      PGCABLE_CHECK_JTI: "true", PGCABLE_REQUIRE_ACTIVE_USER: "true",
+    },
   });
   strict.start();
   await strict.waitHealthy();
   const j = await setup(db);
-  const jwtWithJti = (() => {
+  // users.jti is the user's id in setup(): a devise-jwt token carries it.
+  const jwtWithJti = (user) => {
     const now = Math.floor(Date.now() / 1000);
     const enc = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
-    const body = `${enc({ alg: "HS256", typ: "JWT" })}.${enc({ sub: j.player, scp: "user", jti: j.player, iat: now, exp: now + 3600 })}`;
+    const body = `${enc({ alg: "HS256", typ: "JWT" })}.${enc({ sub: user, scp: "user", jti: user, iat: now, exp: now + 3600 })}`;
     return `${body}.${createHmac("sha256", cfg.secret).update(body).digest("base64url")}`;
-  })();
-  const signedIn = createConsumer(`ws://${strict.addr}/cable?token=Bearer%20${jwtWithJti}`);
-  onCleanup(() => signedIn.disconnect());
-  const jSub = track(signedIn, { channel: "CampaignChannel", id: j.own });
-  await waitFor("the subscription", () => jSub.connected === 1);
-  await db.query(`UPDATE users SET jti = 'signed-out' WHERE id = $1`, [j.player]);
-  await waitFor("the disconnect", () => jSub.disconnected >= 1);
-  await sleep(500);
-  await assert(signedIn.connection.monitor.isRunning() === false, "the client will reconnect after an unauthorized disconnect");
+  };
+  const strictCases = [
+    { name: "jti rotated", user: j.player, campaign: j.own, sql: `UPDATE users SET jti = 'signed-out' WHERE id = '${j.player}'` },
+    { name: "user deactivated", user: j.owner, campaign: j.ownerOwn, sql: `UPDATE users SET active = false WHERE id = '${j.owner}'` },
+  ];
+  for (const sc of strictCases) {
+    const signedIn = createConsumer(`ws://${strict.addr}/cable?token=Bearer%20${jwtWithJti(sc.user)}`);
+    onCleanup(() => signedIn.disconnect());
+    const sub = track(signedIn, { channel: "CampaignChannel", id: sc.campaign });
+    await waitFor(`${sc.name}: the subscription`, () => sub.connected === 1);
+    await db.query(sc.sql);
+    await waitFor(`${sc.name}: the disconnect`, () => sub.disconnected >= 1);
+    await sleep(500);
+    await assert(signedIn.connection.monitor.isRunning() === false, `${sc.name}: the client will reconnect after an unauthorized disconnect`);
+  }
 
   step("stop");
   for (const r of runs) r.consumer.disconnect();
