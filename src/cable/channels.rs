@@ -264,11 +264,18 @@ impl Access {
             tracing::warn!(error = %e, "access check: no database connection");
             Rejection::Unavailable
         })?;
-        let row = client.query_one(sql, &[&user, &id]).await.map_err(|e| {
+        // Prepared once per pool connection: a flood of subscribes costs Postgres one execution
+        // each, not a parse and plan too.
+        let failed = |e: tokio_postgres::Error| {
             tracing::warn!(error = %e, "access check failed");
             Rejection::Unavailable
-        })?;
-        Ok(row.get(0))
+        };
+        let statement = client.prepare_cached(sql).await.map_err(failed)?;
+        let row = client
+            .query_one(&statement, &[&user, &id])
+            .await
+            .map_err(failed)?;
+        row.try_get(0).map_err(failed)
     }
 }
 
