@@ -1,0 +1,529 @@
+//! The Rails bridge and shadow mode end to end, with real parts only: the machine's Redis (or a
+//! private `redis-server` for the outage test), the relay in this process, a raw ActionCable
+//! client, and the Rails side as Rails itself: `tests/ruby/publisher.rb` runs Debian's
+//! ActionCable with its Redis adapter and `channel_prefix`, and every Rails message below is
+//! ActionCable's own `PUBLISH`. The frames Rails' cable would send are computed by the same
+//! script with ActiveSupport::JSON, and compared byte for byte with what pgcable sends.
+//!
+//! Needs Redis at 127.0.0.1:6379 (`.ci/run` starts `redis-server` if none answers),
+//! `redis-server` on the PATH, and `ruby` with ActionCable, redis, globalid, ActiveRecord and pg
+//! (Debian: `apt-get install ruby-actioncable ruby-redis ruby-globalid ruby-activerecord
+//! ruby-pg`), besides Postgres (see `common`). Each test uses a channel prefix of its own, so
+//! tests never see each other's messages.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{
+    campaign_channel, confirm, delivery, http_get, relay_with, token, Cable, TestDb, WAIT,
+};
+use futures_util::StreamExt;
+use pgcable::bridge::skip::SkipRules;
+use pgcable::cable::channels::connection_identifier;
+use pgcable::config::BridgeConfig;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+/// The machine's Redis.
+const MACHINE_REDIS: &str = "redis://127.0.0.1:6379/0";
+
+/// Fails at once, with what to do, when the machine's Redis does not answer.
+async fn machine_redis() -> &'static str {
+    let up = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect("127.0.0.1:6379"),
+    )
+    .await;
+    assert!(
+        matches!(up, Ok(Ok(_))),
+        "Redis does not answer at 127.0.0.1:6379: start it (`redis-server --daemonize yes`; .ci/run does this)"
+    );
+    MACHINE_REDIS
+}
+
+/// A channel prefix no other test uses.
+fn fresh_prefix() -> String {
+    format!("pgcable_test_{}", Uuid::new_v4().simple())
+}
+
+/// The Rails side: `ruby tests/ruby/publisher.rb`, driven one JSON command per line.
+struct Rails {
+    child: Child,
+    stdin: ChildStdin,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Rails {
+    async fn start(redis_url: &str, prefix: &str, database_url: Option<&str>) -> Rails {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ruby/publisher.rb");
+        let mut cmd = Command::new("ruby");
+        cmd.arg(script)
+            .env("REDIS_URL", redis_url)
+            .env("CHANNEL_PREFIX", prefix)
+            .env("APP_NAME", "shot-server")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(url) = database_url {
+            cmd.env("DATABASE_URL", url);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot run ruby: {e} (apt-get install ruby ruby-actioncable ruby-redis ruby-globalid ruby-activerecord ruby-pg; .ci/run does this)"
+            )
+        });
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut rails = Rails {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        };
+        let ready = rails.read().await;
+        assert_eq!(
+            ready["ready"],
+            json!(true),
+            "publisher.rb did not start: {ready} (are ruby-actioncable, ruby-redis and ruby-globalid installed?)"
+        );
+        rails
+    }
+
+    async fn read(&mut self) -> Value {
+        let line = match tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => panic!(
+                "publisher.rb exited (status {:?}); its error is above (missing Ruby packages? apt-get install ruby-actioncable ruby-redis ruby-globalid)",
+                self.child.try_wait()
+            ),
+            Ok(Err(e)) => panic!("reading publisher.rb: {e}"),
+            Err(_) => panic!("publisher.rb did not answer within 60 s"),
+        };
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("publisher.rb said {line:?}: {e}"))
+    }
+
+    /// Runs one command; panics unless it succeeded.
+    async fn run(&mut self, cmd: Value) -> Value {
+        let mut line = cmd.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to publisher.rb");
+        let answer = self.read().await;
+        assert_eq!(
+            answer["ok"],
+            json!(true),
+            "publisher.rb failed {cmd}: {answer}"
+        );
+        answer
+    }
+
+    /// `ActionCable.server.broadcast(stream, message)`; returns the frame Rails' cable would
+    /// send to a subscription with `identifier`.
+    async fn broadcast(&mut self, stream: &str, message: Value, identifier: &str) -> String {
+        let a = self
+            .run(json!({"op": "broadcast", "stream": stream, "message": message, "identifier": identifier}))
+            .await;
+        a["frame"].as_str().expect("frame").to_string()
+    }
+}
+
+/// A `redis-server` of the test's own on a free port (never the machine's), stopped on drop.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut r = PrivateRedis { port, child: None };
+        r.restart().await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it (again, on the same port) and waits until it answers PING.
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server: {e} (apt-get install redis-server)")
+            });
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("url");
+        for _ in 0..100 {
+            if let Ok(Ok(mut c)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the private redis-server on port {} did not answer",
+            self.port
+        );
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// A bridge to `redis_url` with `prefix`; shadow mode when `shadow` is given.
+fn bridge(
+    redis_url: &str,
+    prefix: &str,
+    shadow: Option<Duration>,
+) -> impl FnOnce(&mut pgcable::config::Config) {
+    let b = BridgeConfig {
+        redis_url: redis_url.to_string(),
+        channel_prefix: prefix.to_string(),
+        skip: SkipRules::default(),
+        shadow_window: shadow,
+    };
+    move |c| c.bridge = Some(b)
+}
+
+/// Waits until the relay's bridge holds its Redis subscription.
+async fn bridge_up(relay: &pgcable::server::Server, up: bool) {
+    for _ in 0..300 {
+        if relay.state.bridge_up.load(Ordering::Relaxed) == up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the bridge did not become {}",
+        if up { "up" } else { "down" }
+    );
+}
+
+/// A user who owns a campaign, its stream, and a welcomed client subscribed to it.
+async fn subscriber(db: &TestDb, relay: &pgcable::server::Server) -> (Uuid, Uuid, Cable, String) {
+    let user = db.user(false).await;
+    let campaign = db.campaign(user).await;
+    let mut c = Cable::welcomed(relay.addr, &token(user)).await;
+    let ident = campaign_channel(campaign);
+    c.subscribed(&ident).await;
+    (user, campaign, c, ident)
+}
+
+/// Everything Rails broadcasts that only Rails knows arrives byte for byte as Rails' cable
+/// would send it; what the feed produces itself is skipped; bad input is dropped alone.
+#[tokio::test]
+async fn rails_broadcasts_arrive_byte_exact() {
+    let redis = machine_redis().await;
+    let prefix = fresh_prefix();
+    let db = TestDb::create().await;
+    let relay = relay_with(&db, bridge(redis, &prefix, None)).await;
+    bridge_up(&relay, true).await;
+    let mut rails = Rails::start(redis, &prefix, None).await;
+    // The fight exists before anyone subscribes: its creation's own messages go to nobody.
+    let user = db.user(false).await;
+    let campaign = db.campaign(user).await;
+    let fight = db.fight(campaign).await;
+    let mut c = Cable::welcomed(relay.addr, &token(user)).await;
+    let ident = campaign_channel(campaign);
+    c.subscribed(&ident).await;
+    let stream = format!("campaign_{campaign}");
+
+    let big = "ü<&>\u{2028}".repeat((1 << 20) / 10);
+    let messages = [
+        json!({"type": "advancement_created", "character_id": Uuid::new_v4(), "advancement": {"id": 1, "description": "<b>Tough</b> & \"strong\"", "xp": 5}}),
+        json!({"status": "preview_ready", "json": "[\"https://ik.example/a.png\"]"}),
+        json!({"campaign": {"id": campaign, "name": "New \u{2028}name\u{2029}", "nested": {"list": [1, -2, 2.5, null, true, false, "", {}], "empty": []}}}),
+        json!("just a string with <html> & \u{2028}"),
+        json!(42),
+        json!(-3.25),
+        json!(null),
+        json!(true),
+        json!([1, "two", {"three": 3}]),
+        json!({"tabs": "a\tb\nc\r\u{1}\u{7f}/é😀", "big": big}),
+    ];
+    for m in messages {
+        let want = rails.broadcast(&stream, m.clone(), &ident).await;
+        let got = c.next_text().await;
+        assert!(
+            got == want,
+            "frame for {} differs:\n pgcable: {}\n rails:   {}",
+            m.to_string().chars().take(80).collect::<String>(),
+            got.chars().take(300).collect::<String>(),
+            want.chars().take(300).collect::<String>()
+        );
+    }
+
+    // An integer beyond 64 bits stays verbatim, as Ruby's Integer does.
+    let a = rails
+        .run(json!({"op": "broadcast", "stream": stream, "message_json": "[1000000000000000000000,-18446744073709551617]", "identifier": ident}))
+        .await;
+    assert_eq!(
+        a["payload"],
+        json!("[1000000000000000000000,-18446744073709551617]")
+    );
+    assert_eq!(c.next_text().await, a["frame"].as_str().expect("frame"));
+
+    // What the feed sends itself is not forwarded; the next forwarded message is the next frame.
+    for skipped in [
+        json!({"character": {"id": Uuid::new_v4(), "name": "x"}}),
+        json!({"characters": "reload"}),
+        json!({"vehicle": {"id": Uuid::new_v4()}}),
+        json!({"vehicles": "reload"}),
+        json!({"fight": {"id": Uuid::new_v4()}}),
+        json!({"fights": "reload"}),
+        json!({"encounter": {"id": Uuid::new_v4(), "shots": []}}),
+        json!({"type": "fight_ended", "fight_id": Uuid::new_v4(), "fight_name": "F"}),
+    ] {
+        rails.broadcast(&stream, skipped, &ident).await;
+    }
+    // A message for a stream nobody watches, and text that is not JSON: dropped alone.
+    rails
+        .broadcast(
+            &format!("campaign_{}", Uuid::new_v4()),
+            json!({"x": 1}),
+            "{}",
+        )
+        .await;
+    rails
+        .run(json!({"op": "broadcast_raw", "stream": stream, "payload": "{not json"}))
+        .await;
+    let sentinel = rails
+        .broadcast(&stream, json!({"after": "skips"}), &ident)
+        .await;
+    assert_eq!(c.next_text().await, sentinel);
+
+    // The per-client stream gets everything, even a key the feed uses on campaign_<id>.
+    let client_ident =
+        format!(r#"{{"channel":"CampaignChannel","id":"{campaign}","client_id":"tab-1"}}"#);
+    c.subscribe(&client_ident).await;
+    assert_eq!(c.next_text().await, confirm(&client_ident));
+    let per_client = rails
+        .broadcast(
+            &format!("{stream}_tab-1"),
+            json!({"character": {"id": 1}}),
+            &client_ident,
+        )
+        .await;
+    assert_eq!(c.next_text().await, per_client);
+
+    // Fight streams: {"fight":"updated"} and {"fight":"ended"} are skipped; the rest (chase,
+    // driver assignment) is forwarded.
+    let fight_ident = format!(r#"{{"channel":"FightChannel","fight_id":"{fight}"}}"#);
+    c.subscribe(&fight_ident).await;
+    // Confirmation, then the presence list (order between them is the relay's).
+    let mut got = vec![c.next_text().await, c.next_text().await];
+    got.sort();
+    assert!(got.iter().any(|f| *f == confirm(&fight_ident)), "{got:?}");
+    let fight_stream = format!("fight_{fight}");
+    rails
+        .broadcast(&fight_stream, json!({"fight": "updated"}), &fight_ident)
+        .await;
+    rails
+        .broadcast(&fight_stream, json!({"fight": "ended"}), &fight_ident)
+        .await;
+    let chase = rails
+        .broadcast(
+            &fight_stream,
+            json!({"event": "chase_update", "vehicle_id": Uuid::new_v4(), "chase_state": {"chase_points": 3, "condition_points": 0, "position": "far", "pursuer": true}}),
+            &fight_ident,
+        )
+        .await;
+    assert_eq!(c.next_text().await, chase);
+
+    let (_, metrics) = http_get(relay.addr, "/metrics").await;
+    for outcome in ["forwarded", "skipped", "invalid"] {
+        assert!(
+            metrics.contains(&format!(
+                "pgcable_bridge_messages_total{{outcome=\"{outcome}\"}}"
+            )),
+            "no {outcome} count in /metrics"
+        );
+    }
+    assert!(metrics.contains("pgcable_bridge_up 1"), "bridge up gauge");
+    let (status, ready) = http_get(relay.addr, "/ready").await;
+    assert_eq!(status, 200);
+    assert!(ready.ends_with(r#","bridge":true}"#), "{ready}");
+    relay.shutdown();
+    relay.stopped().await;
+}
+
+/// `remote_connections.where(current_user: user).disconnect` ends every connection of that
+/// user, and only theirs, with a remote disconnect.
+#[tokio::test]
+async fn rails_remote_disconnect() {
+    let redis = machine_redis().await;
+    let prefix = fresh_prefix();
+    let db = TestDb::create().await;
+    let relay = relay_with(&db, bridge(redis, &prefix, None)).await;
+    bridge_up(&relay, true).await;
+    let mut rails = Rails::start(redis, &prefix, None).await;
+    let (user, campaign, mut first, ident) = subscriber(&db, &relay).await;
+    let mut second = Cable::welcomed(relay.addr, &token(user)).await;
+    second.subscribed(&ident).await;
+    let (_, other_campaign, mut other, other_ident) = subscriber(&db, &relay).await;
+
+    let answer = rails.run(json!({"op": "disconnect", "user": user})).await;
+    // The channel Rails publishes to is the connection identifier of protocol.md §10.
+    assert_eq!(
+        answer["channel"],
+        json!(format!(
+            "{prefix}:action_cable/{}",
+            connection_identifier("shot-server", user)
+        ))
+    );
+    assert_eq!(answer["payload"], json!(r#"{"type":"disconnect"}"#));
+    for c in [&mut first, &mut second] {
+        assert_eq!(
+            c.next_text().await,
+            r#"{"type":"disconnect","reason":"remote","reconnect":true}"#
+        );
+        match c.next_message().await {
+            None | Some(Message::Close(_)) => {}
+            m => panic!("expected the connection to close, got {m:?}"),
+        }
+    }
+    // The other user is still connected and served.
+    let want = rails
+        .broadcast(
+            &format!("campaign_{other_campaign}"),
+            json!({"still": "here"}),
+            &other_ident,
+        )
+        .await;
+    assert_eq!(other.next_text().await, want);
+    let _ = campaign;
+    relay.shutdown();
+    relay.stopped().await;
+}
+
+/// Redis stops for 10 s and comes back: NOTIFY-fed messages flow all along, /ready stays 200
+/// with "bridge":false, and bridged messages resume without restarting the relay.
+#[tokio::test]
+async fn redis_outage_and_recovery() {
+    let mut redis = PrivateRedis::start().await;
+    let prefix = fresh_prefix();
+    let db = TestDb::create().await;
+    let relay = relay_with(&db, bridge(&redis.url(), &prefix, None)).await;
+    bridge_up(&relay, true).await;
+    let mut rails = Rails::start(&redis.url(), &prefix, None).await;
+    let (_, campaign, mut c, ident) = subscriber(&db, &relay).await;
+    let stream = format!("campaign_{campaign}");
+    let want = rails
+        .broadcast(&stream, json!({"before": "outage"}), &ident)
+        .await;
+    assert_eq!(c.next_text().await, want);
+
+    redis.stop().await;
+    bridge_up(&relay, false).await;
+    let outage = tokio::time::Instant::now();
+    let mut n = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        n += 1;
+        db.broadcast(&stream, &format!(r#"{{"during":{n}}}"#)).await;
+        assert_eq!(
+            c.next_text().await,
+            delivery(&ident, &format!(r#"{{"during":{n}}}"#))
+        );
+        let (status, ready) = http_get(relay.addr, "/ready").await;
+        assert_eq!(status, 200, "{ready}");
+        assert!(ready.ends_with(r#","bridge":false}"#), "{ready}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, metrics) = http_get(relay.addr, "/metrics").await;
+    assert!(
+        metrics.contains("pgcable_bridge_up 0"),
+        "bridge up gauge during the outage"
+    );
+
+    redis.restart().await;
+    bridge_up(&relay, true).await;
+    let want = rails
+        .broadcast(&stream, json!({"after": "outage"}), &ident)
+        .await;
+    assert_eq!(c.next_text().await, want);
+    let (status, ready) = http_get(relay.addr, "/ready").await;
+    assert_eq!(status, 200);
+    assert!(ready.ends_with(r#","bridge":true}"#), "{ready}");
+    let (_, metrics) = http_get(relay.addr, "/metrics").await;
+    assert!(
+        metrics.contains("pgcable_bridge_reconnects_total"),
+        "reconnect count"
+    );
+    relay.shutdown();
+    relay.stopped().await;
+    redis.stop().await;
+}
+
+/// 10,000 bridged messages to a stream where one client has stopped reading: the reading
+/// subscriber of the same stream gets all of them in order, and the stalled one is dropped.
+#[tokio::test]
+async fn flood_with_a_stalled_client() {
+    let redis = machine_redis().await;
+    let prefix = fresh_prefix();
+    let db = TestDb::create().await;
+    let relay = relay_with(&db, bridge(redis, &prefix, None)).await;
+    bridge_up(&relay, true).await;
+    let mut rails = Rails::start(redis, &prefix, None).await;
+    let (user, campaign, mut reader, ident) = subscriber(&db, &relay).await;
+    let mut stalled = Cable::welcomed(relay.addr, &token(user)).await;
+    stalled.subscribed(&ident).await;
+    let stream = format!("campaign_{campaign}");
+
+    const N: u64 = 10_000;
+    let flood = tokio::spawn(async move {
+        rails
+            .run(json!({"op": "flood", "stream": stream, "count": N, "bytes": 1000}))
+            .await;
+        rails
+    });
+    for seq in 1..=N {
+        let frame = reader.next_text().await;
+        let v: Value = serde_json::from_str(&frame).expect("json frame");
+        assert_eq!(v["message"]["seq"], json!(seq), "out of order or missing");
+    }
+    let _rails = flood.await.expect("flood");
+    // The stalled client was dropped: it gets at most part of the flood, then the socket ends.
+    let mut received = 0u64;
+    loop {
+        match tokio::time::timeout(WAIT, stalled.ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"seq\"") => received += 1,
+            Ok(Some(Ok(Message::Text(_)))) => {}
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("the stalled client was neither dropped nor given the whole flood"),
+        }
+    }
+    assert!(received < N, "the stalled client got all {N} messages");
+    relay.shutdown();
+    relay.stopped().await;
+}
