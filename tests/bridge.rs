@@ -527,3 +527,157 @@ async fn flood_with_a_stalled_client() {
     relay.shutdown();
     relay.stopped().await;
 }
+
+/// GET /shadow as JSON.
+async fn shadow_report(relay: &pgcable::server::Server) -> Value {
+    let (status, body) = http_get(relay.addr, "/shadow").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("/shadow is JSON")
+}
+
+/// Polls GET /shadow until `cond` holds (fails after 15 s with the last report).
+async fn shadow_until(relay: &pgcable::server::Server, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let report = shadow_report(relay).await;
+        if cond(&report) {
+            return report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/shadow never showed {what}: {report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn count(report: &Value, outcome: &str, key: &str) -> u64 {
+    report["counts"][outcome][key].as_u64().unwrap_or(0)
+}
+
+/// Shadow mode before cutover (no browser on pgcable): the Rails script builds the
+/// `{"character": …}` message from the same row the feed renders; `/shadow` reports the match,
+/// a deliberately altered field as a mismatch with its JSON path, a message pgcable never sent
+/// as rails-only after the window, and what only pgcable sent as pgcable-only.
+#[tokio::test]
+async fn shadow_mode_compares_rails_with_the_feed() {
+    let redis = machine_redis().await;
+    let prefix = fresh_prefix();
+    let db = TestDb::create().await;
+    let window = Duration::from_secs(2);
+    let relay = relay_with(&db, bridge(redis, &prefix, Some(window))).await;
+    bridge_up(&relay, true).await;
+    let mut rails = Rails::start(redis, &prefix, Some(&db.url)).await;
+    let user = db.user(false).await;
+    let campaign = db.campaign(user).await;
+    let stream = format!("campaign_{campaign}");
+    let (one, two) = (Uuid::new_v4(), Uuid::new_v4());
+    let client = db.client().await;
+    for (id, name) in [(one, "Ann"), (two, "Bob")] {
+        client
+            .execute(
+                "INSERT INTO characters (id, name, campaign_id, user_id, action_values, description, impairments, wealth, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, '{\"Type\":\"PC\",\"Defense\":13,\"Speed\":5.5}', '{\"Appearance\":\"<p>Tall & grim</p>\"}', 1, 'Poor', now(), now())",
+                &[&id, &name, &campaign, &user],
+            )
+            .await
+            .expect("insert character");
+    }
+    let reload = json!({"op": "broadcast", "stream": stream, "message": {"characters": "reload"}});
+
+    // Rails' first message to the campaign makes pgcable watch (and render) it; pgcable could
+    // not have sent its own before, so it is rails-only for a known reason.
+    rails.run(reload.clone()).await;
+    let report = shadow_until(&relay, "the warm-up reload as rails-only", |r| {
+        count(r, "rails_only", "characters") == 1
+    })
+    .await;
+    assert_eq!(report["streams_watched"], json!(1));
+    assert_eq!(report["explained"]["rails_only"]["not_watched"], json!(1), "{report:#}");
+
+    // A write: the feed sends {"character":…} and the reload; Rails' job sends the same, built
+    // from the committed row (twice, as the update job can run twice: the second is a duplicate).
+    client
+        .execute("UPDATE characters SET name = 'Ann the Bold', updated_at = now() WHERE id = $1", &[&one])
+        .await
+        .expect("update");
+    let sent = rails.run(json!({"op": "character", "id": one})).await;
+    assert_eq!(sent["channel"], json!(format!("{prefix}:{stream}")));
+    rails.run(reload.clone()).await;
+    rails.run(json!({"op": "character", "id": one})).await;
+    let report = shadow_until(&relay, "the character and reload matched, then the duplicate", |r| {
+        count(r, "match", "character") == 1
+            && count(r, "match", "characters") == 1
+            && count(r, "rails_only", "character") == 1
+    })
+    .await;
+    assert_eq!(report["explained"]["rails_only"]["duplicate"], json!(1), "{report:#}");
+    assert_eq!(count(&report, "mismatch", "character"), 0, "{report:#}");
+
+    // A deliberately altered field: a mismatch with its JSON path and both values.
+    client
+        .execute("UPDATE characters SET wealth = 'Rich', updated_at = now() WHERE id = $1", &[&one])
+        .await
+        .expect("update");
+    rails
+        .run(json!({"op": "character", "id": one, "override": {"name": "Altered"}}))
+        .await;
+    rails.run(reload.clone()).await;
+    let report = shadow_until(&relay, "a mismatch", |r| count(r, "mismatch", "character") == 1).await;
+    let m = &report["mismatches"][0];
+    assert_eq!(m["path"], json!("$.character.name"), "{report:#}");
+    assert_eq!(m["entity"], json!(one.to_string()));
+    assert_eq!(m["rails"], json!("\"Altered\""));
+    assert_eq!(m["pgcable"], json!("\"Ann the Bold\""));
+    assert_eq!(m["stream"], json!(stream));
+
+    // Rails broadcasts a row nobody wrote to: rails-only after the window, with no excuse.
+    rails.run(json!({"op": "character", "id": two})).await;
+    let report = shadow_until(&relay, "a rails-only character", |r| {
+        count(r, "rails_only", "character") == 2
+    })
+    .await;
+    let unmatched = report["unmatched"].as_array().expect("unmatched");
+    let bob = unmatched
+        .iter()
+        .find(|u| u["entity"] == json!(two.to_string()))
+        .unwrap_or_else(|| panic!("no unmatched entry for the second character: {report:#}"));
+    assert_eq!((&bob["outcome"], &bob["reason"]), (&json!("rails_only"), &Value::Null));
+
+    // A write Rails never hears of (SQL, update_all): pgcable-only, Rails silent.
+    tokio::time::sleep(window).await;
+    client
+        .execute("UPDATE characters SET wealth = 'Broke', updated_at = now() WHERE id = $1", &[&two])
+        .await
+        .expect("update");
+    let report = shadow_until(&relay, "a pgcable-only character", |r| {
+        count(r, "pgcable_only", "character") == 1
+    })
+    .await;
+    assert_eq!(report["explained"]["pgcable_only"]["rails_silent"], json!(2), "character and reload: {report:#}");
+
+    let (_, metrics) = http_get(relay.addr, "/metrics").await;
+    for line in [
+        r#"pgcable_shadow_total{outcome="match",key="character"} 1"#,
+        r#"pgcable_shadow_total{outcome="mismatch",key="character"} 1"#,
+        r#"pgcable_shadow_total{outcome="rails_only",key="character"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "missing in /metrics: {line}");
+    }
+    relay.shutdown();
+    relay.stopped().await;
+}
+
+/// Without shadow mode, GET /shadow says so.
+#[tokio::test]
+async fn shadow_endpoint_when_off() {
+    let db = TestDb::create().await;
+    let relay = common::relay(&db).await;
+    let (status, body) = http_get(relay.addr, "/shadow").await;
+    assert_eq!(status, 404);
+    assert!(body.contains(r#""enabled":false"#), "{body}");
+    let (_, ready) = http_get(relay.addr, "/ready").await;
+    assert!(!ready.contains("bridge"), "no bridge field when the bridge is off: {ready}");
+    relay.shutdown();
+    relay.stopped().await;
+}
