@@ -536,7 +536,11 @@ async fn shadow_report(relay: &pgcable::server::Server) -> Value {
 }
 
 /// Polls GET /shadow until `cond` holds (fails after 15 s with the last report).
-async fn shadow_until(relay: &pgcable::server::Server, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+async fn shadow_until(
+    relay: &pgcable::server::Server,
+    what: &str,
+    cond: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let report = shadow_report(relay).await;
@@ -593,37 +597,58 @@ async fn shadow_mode_compares_rails_with_the_feed() {
     })
     .await;
     assert_eq!(report["streams_watched"], json!(1));
-    assert_eq!(report["explained"]["rails_only"]["not_watched"], json!(1), "{report:#}");
+    assert_eq!(
+        report["explained"]["rails_only"]["not_watched"],
+        json!(1),
+        "{report:#}"
+    );
 
     // A write: the feed sends {"character":…} and the reload; Rails' job sends the same, built
     // from the committed row (twice, as the update job can run twice: the second is a duplicate).
     client
-        .execute("UPDATE characters SET name = 'Ann the Bold', updated_at = now() WHERE id = $1", &[&one])
+        .execute(
+            "UPDATE characters SET name = 'Ann the Bold', updated_at = now() WHERE id = $1",
+            &[&one],
+        )
         .await
         .expect("update");
     let sent = rails.run(json!({"op": "character", "id": one})).await;
     assert_eq!(sent["channel"], json!(format!("{prefix}:{stream}")));
     rails.run(reload.clone()).await;
     rails.run(json!({"op": "character", "id": one})).await;
-    let report = shadow_until(&relay, "the character and reload matched, then the duplicate", |r| {
-        count(r, "match", "character") == 1
-            && count(r, "match", "characters") == 1
-            && count(r, "rails_only", "character") == 1
-    })
+    let report = shadow_until(
+        &relay,
+        "the character and reload matched, then the duplicate",
+        |r| {
+            count(r, "match", "character") == 1
+                && count(r, "match", "characters") == 1
+                && count(r, "rails_only", "character") == 1
+        },
+    )
     .await;
-    assert_eq!(report["explained"]["rails_only"]["duplicate"], json!(1), "{report:#}");
+    assert_eq!(
+        report["explained"]["rails_only"]["duplicate"],
+        json!(1),
+        "{report:#}"
+    );
     assert_eq!(count(&report, "mismatch", "character"), 0, "{report:#}");
 
     // A deliberately altered field: a mismatch with its JSON path and both values.
     client
-        .execute("UPDATE characters SET wealth = 'Rich', updated_at = now() WHERE id = $1", &[&one])
+        .execute(
+            "UPDATE characters SET wealth = 'Rich', updated_at = now() WHERE id = $1",
+            &[&one],
+        )
         .await
         .expect("update");
     rails
         .run(json!({"op": "character", "id": one, "override": {"name": "Altered"}}))
         .await;
     rails.run(reload.clone()).await;
-    let report = shadow_until(&relay, "a mismatch", |r| count(r, "mismatch", "character") == 1).await;
+    let report = shadow_until(&relay, "a mismatch", |r| {
+        count(r, "mismatch", "character") == 1
+    })
+    .await;
     let m = &report["mismatches"][0];
     assert_eq!(m["path"], json!("$.character.name"), "{report:#}");
     assert_eq!(m["entity"], json!(one.to_string()));
@@ -642,19 +667,29 @@ async fn shadow_mode_compares_rails_with_the_feed() {
         .iter()
         .find(|u| u["entity"] == json!(two.to_string()))
         .unwrap_or_else(|| panic!("no unmatched entry for the second character: {report:#}"));
-    assert_eq!((&bob["outcome"], &bob["reason"]), (&json!("rails_only"), &Value::Null));
+    assert_eq!(
+        (&bob["outcome"], &bob["reason"]),
+        (&json!("rails_only"), &Value::Null)
+    );
 
     // A write Rails never hears of (SQL, update_all): pgcable-only, Rails silent.
     tokio::time::sleep(window).await;
     client
-        .execute("UPDATE characters SET wealth = 'Broke', updated_at = now() WHERE id = $1", &[&two])
+        .execute(
+            "UPDATE characters SET wealth = 'Broke', updated_at = now() WHERE id = $1",
+            &[&two],
+        )
         .await
         .expect("update");
     let report = shadow_until(&relay, "a pgcable-only character", |r| {
         count(r, "pgcable_only", "character") == 1
     })
     .await;
-    assert_eq!(report["explained"]["pgcable_only"]["rails_silent"], json!(2), "character and reload: {report:#}");
+    assert_eq!(
+        report["explained"]["pgcable_only"]["rails_silent"],
+        json!(2),
+        "character and reload: {report:#}"
+    );
 
     let (_, metrics) = http_get(relay.addr, "/metrics").await;
     for line in [
@@ -677,7 +712,10 @@ async fn shadow_endpoint_when_off() {
     assert_eq!(status, 404);
     assert!(body.contains(r#""enabled":false"#), "{body}");
     let (_, ready) = http_get(relay.addr, "/ready").await;
-    assert!(!ready.contains("bridge"), "no bridge field when the bridge is off: {ready}");
+    assert!(
+        !ready.contains("bridge"),
+        "no bridge field when the bridge is off: {ready}"
+    );
     relay.shutdown();
     relay.stopped().await;
 }
