@@ -193,6 +193,21 @@ impl PrivateRedis {
         );
     }
 
+    /// Sends a signal to the server (`STOP`: it freezes with its connections open).
+    async fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis-server runs");
+        let status = Command::new("kill")
+            .args([format!("-{sig}"), pid.to_string()])
+            .status()
+            .await
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} {pid}");
+    }
+
     async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
@@ -484,6 +499,36 @@ async fn redis_outage_and_recovery() {
     redis.stop().await;
 }
 
+/// A Redis that freezes with the connection open (no FIN, no RST) is found by the bridge's
+/// pings; when it thaws, the bridge subscribes again.
+#[tokio::test]
+async fn frozen_redis_is_detected() {
+    let mut redis = PrivateRedis::start().await;
+    let prefix = fresh_prefix();
+    let db = TestDb::create().await;
+    let relay = relay_with(&db, bridge(&redis.url(), &prefix, None)).await;
+    bridge_up(&relay, true).await;
+    redis.signal("STOP").await;
+    bridge_up(&relay, false).await;
+    let (status, ready) = http_get(relay.addr, "/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    redis.signal("CONT").await;
+    bridge_up(&relay, true).await;
+    let mut rails = Rails::start(&redis.url(), &prefix, None).await;
+    let (_, campaign, mut c, ident) = subscriber(&db, &relay).await;
+    let want = rails
+        .broadcast(
+            &format!("campaign_{campaign}"),
+            json!({"thawed": true}),
+            &ident,
+        )
+        .await;
+    assert_eq!(c.next_text().await, want);
+    relay.shutdown();
+    relay.stopped().await;
+    redis.stop().await;
+}
+
 /// 10,000 bridged messages to a stream where one client has stopped reading: the reading
 /// subscriber of the same stream gets all of them in order, and the stalled one is dropped.
 #[tokio::test]
@@ -718,4 +763,48 @@ async fn shadow_endpoint_when_off() {
     );
     relay.shutdown();
     relay.stopped().await;
+}
+
+/// `pgcable check` with the bridge: ok when its Redis answers the subscription, a warning (still
+/// a go) when it does not.
+#[tokio::test]
+async fn check_reports_the_bridge() {
+    let redis = machine_redis().await;
+    let db = TestDb::create().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    for (url, verdict) in [
+        (redis.to_string(), "ok  "),
+        (format!("redis://127.0.0.1:{dead}/0"), "warn"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pgcable"))
+            .arg("check")
+            .env("DATABASE_URL", &db.url)
+            .env(
+                "DEVISE_JWT_SECRET_KEY",
+                "a-secret-long-enough-for-the-check-0123456789",
+            )
+            .env("PGCABLE_REDIS_URL", &url)
+            .env("PGCABLE_REDIS_CHANNEL_PREFIX", fresh_prefix())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), out)
+            .await
+            .expect("pgcable check finished")
+            .expect("run pgcable check");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.get(6..).is_some_and(|rest| rest.starts_with("bridge")))
+            .unwrap_or_else(|| panic!("no bridge line:\n{stdout}"));
+        assert!(line.starts_with(verdict), "{url}: {line}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "a dead bridge is not a no-go:\n{stdout}"
+        );
+    }
 }

@@ -81,6 +81,15 @@ impl Bridge {
     pub fn pattern(&self) -> &str {
         &self.pattern
     }
+
+    /// Connects and subscribes once, then lets go (`pgcable check`).
+    pub async fn probe(&self) -> Result<(), String> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, subscribe(self)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+        }
+    }
 }
 
 /// Escapes Redis glob characters so a prefix matches only itself.
