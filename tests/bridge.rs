@@ -436,6 +436,34 @@ async fn rails_remote_disconnect() {
         )
         .await;
     assert_eq!(other.next_text().await, want);
+
+    // Rails 7.1+ publishes `reconnect` too (`disconnect(reconnect: false)`): the same PUBLISH,
+    // made here with ActionCable's broadcast to the internal channel.
+    let other_user = {
+        db.client()
+            .await
+            .query_one(
+                "SELECT user_id FROM campaigns WHERE id = $1",
+                &[&other_campaign],
+            )
+            .await
+            .expect("owner")
+            .get::<_, Uuid>(0)
+    };
+    rails
+        .broadcast(
+            &format!(
+                "action_cable/{}",
+                connection_identifier("shot-server", other_user)
+            ),
+            json!({"type": "disconnect", "reconnect": false}),
+            "{}",
+        )
+        .await;
+    assert_eq!(
+        other.next_text().await,
+        r#"{"type":"disconnect","reason":"remote","reconnect":false}"#
+    );
     let _ = campaign;
     relay.shutdown();
     relay.stopped().await;
