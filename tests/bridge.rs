@@ -384,7 +384,8 @@ async fn rails_broadcasts_arrive_byte_exact() {
             "no {outcome} count in /metrics"
         );
     }
-    assert!(metrics.contains("pgcable_bridge_up 1"), "bridge up gauge");
+    // Process-wide, like every metric: other tests' relays share it, so only its presence.
+    assert!(metrics.contains("pgcable_bridge_up "), "bridge up gauge");
     let (status, ready) = http_get(relay.addr, "/ready").await;
     assert_eq!(status, 200);
     assert!(ready.ends_with(r#","bridge":true}"#), "{ready}");
@@ -502,11 +503,8 @@ async fn redis_outage_and_recovery() {
         assert!(ready.ends_with(r#","bridge":false}"#), "{ready}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (_, metrics) = http_get(relay.addr, "/metrics").await;
-    assert!(
-        metrics.contains("pgcable_bridge_up 0"),
-        "bridge up gauge during the outage"
-    );
+    // (The gauge pgcable_bridge_up is process-wide, shared with the other tests' relays in
+    // this process: /ready is this relay's own view.)
 
     redis.restart().await;
     bridge_up(&relay, true).await;
