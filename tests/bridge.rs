@@ -17,9 +17,7 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{
-    campaign_channel, confirm, delivery, http_get, relay_with, token, Cable, TestDb, WAIT,
-};
+use common::{campaign_channel, confirm, delivery, http_get, relay_with, token, Cable, TestDb};
 use futures_util::StreamExt;
 use pgcable::bridge::skip::SkipRules;
 use pgcable::cable::channels::connection_identifier;
