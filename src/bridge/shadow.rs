@@ -35,10 +35,12 @@ use crate::shutdown::Shutdown;
 pub const WATCH_IDLE: Duration = Duration::from_secs(600);
 /// Rails messages waiting to be compared; more are dropped (and counted).
 const INPUT_QUEUE: usize = 4096;
-/// Messages waiting for a counterpart; more are dropped (and counted).
-const MAX_PENDING: usize = 100_000;
-/// Entities whose last pgcable payload is remembered (to recognise Rails' no-op saves).
-const MAX_REMEMBERED: usize = 50_000;
+/// Messages waiting for a counterpart (kept as compact JSON text, about 2 KB for a character);
+/// more are dropped (and counted).
+const MAX_PENDING: usize = 50_000;
+/// Entities whose last pgcable payload is remembered (to recognise Rails' no-op saves); the
+/// memory is forgotten at once when full.
+const MAX_REMEMBERED: usize = 20_000;
 /// Mismatches and unmatched messages kept for `GET /shadow`.
 const KEEP: usize = 50;
 /// How much of a value a log line or the summary shows.
@@ -104,7 +106,9 @@ pub mod reason {
 #[derive(Debug)]
 struct Entry {
     side: Side,
-    value: Value,
+    /// The message as compact JSON (parsed again when compared: it takes a fraction of the
+    /// memory of the parsed tree).
+    text: String,
     at: Instant,
     /// Only for Rails entries: the stream was not watched long enough for pgcable's message to
     /// have been seen.
@@ -157,9 +161,9 @@ pub struct Matcher {
     pending: HashMap<Slot, Vec<Entry>>,
     pending_count: usize,
     /// Recently matched or seen Rails messages, per slot (to recognise Rails' duplicates).
-    recent_rails: HashMap<Slot, Vec<(Value, Instant)>>,
+    recent_rails: HashMap<Slot, Vec<(String, Instant)>>,
     /// The last message pgcable sent per slot (to recognise no-op saves).
-    last_pgcable: HashMap<Slot, Value>,
+    last_pgcable: HashMap<Slot, String>,
     /// When Rails last sent anything to a stream.
     rails_heard: HashMap<String, Instant>,
 }
@@ -225,6 +229,7 @@ impl Matcher {
         warming: bool,
     ) -> Option<Finished> {
         let entity = entity_of(&value);
+        let text = value.to_string();
         let slot: Slot = (stream.to_string(), key.to_string(), entity.clone());
         if side == Side::Rails {
             self.rails_heard.insert(stream.to_string(), at);
@@ -233,12 +238,12 @@ impl Matcher {
             if self.last_pgcable.len() >= MAX_REMEMBERED {
                 self.last_pgcable.clear();
             }
-            self.last_pgcable.insert(slot.clone(), value.clone());
+            self.last_pgcable.insert(slot.clone(), text.clone());
         }
         let waiting = self.pending.entry(slot.clone()).or_default();
         let equal = waiting
             .iter()
-            .position(|e| e.side != side && first_difference(&e.value, &value).is_none());
+            .position(|e| e.side != side && first_difference(&parse(&e.text), &value).is_none());
         if let Some(i) = equal {
             let other = waiting.remove(i);
             self.pending_count -= 1;
@@ -246,9 +251,9 @@ impl Matcher {
                 self.pending.remove(&slot);
             }
             let rails = if side == Side::Rails {
-                value
+                text
             } else {
-                other.value
+                other.text
             };
             self.recent_rails
                 .entry(slot.clone())
@@ -269,7 +274,7 @@ impl Matcher {
         }
         waiting.push(Entry {
             side,
-            value,
+            text,
             at,
             warming: warming && side == Side::Rails,
         });
@@ -323,10 +328,10 @@ impl Matcher {
                         let second = entries.remove(i);
                         self.pending_count -= 1;
                         let (rails, pgcable) = match first.side {
-                            Side::Rails => (first.value, second.value),
-                            Side::Pgcable => (second.value, first.value),
+                            Side::Rails => (first.text, second.text),
+                            Side::Pgcable => (second.text, first.text),
                         };
-                        let difference = first_difference(&rails, &pgcable);
+                        let difference = first_difference(&parse(&rails), &parse(&pgcable));
                         done.push(Finished {
                             outcome: Outcome::Mismatch,
                             stream: slot.0.clone(),
@@ -356,17 +361,18 @@ impl Matcher {
 
     /// A message without counterpart, with its reason when one is known.
     fn alone(&mut self, slot: &Slot, entry: Entry, now: Instant) -> Finished {
+        let value = parse(&entry.text);
         let (outcome, reason) = match entry.side {
             Side::Rails => {
                 let duplicate = self.recent_rails.get(slot).is_some_and(|seen| {
                     seen.iter()
-                        .any(|(v, _)| first_difference(v, &entry.value).is_none())
+                        .any(|(v, _)| first_difference(&parse(v), &value).is_none())
                 });
                 let no_op = slot.2.is_some()
                     && self
                         .last_pgcable
                         .get(slot)
-                        .is_some_and(|v| first_difference(v, &entry.value).is_none());
+                        .is_some_and(|v| first_difference(&parse(v), &value).is_none());
                 let reason = if duplicate {
                     Some(reason::DUPLICATE)
                 } else if no_op {
@@ -381,7 +387,7 @@ impl Matcher {
                 self.recent_rails
                     .entry(slot.clone())
                     .or_default()
-                    .push((entry.value.clone(), entry.at));
+                    .push((entry.text, entry.at));
                 (Outcome::RailsOnly, reason)
             }
             Side::Pgcable => {
@@ -404,9 +410,14 @@ impl Matcher {
             entity: slot.2.clone(),
             difference: None,
             reason,
-            message: Some(entry.value),
+            message: Some(value),
         }
     }
+}
+
+/// A message stored by [`Matcher`] (always valid JSON: it was serialized from a parsed value).
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
 /// The entity a message is about: the `id` of the record it carries (`{"character":{"id":…}}`,
