@@ -1,7 +1,8 @@
 //! `pgcable check`: a go/no-go report on the deployment's database and settings.
 //!
-//! Owns the checks and their wording: connectivity, the installed triggers, a LISTEN/NOTIFY
-//! round trip, the NOTIFY queue, transaction pooling, and the JWT secret. Each yields one line
+//! Owns the checks and their wording: connectivity, TLS on each connection, the installed
+//! triggers, a LISTEN/NOTIFY round trip, the NOTIFY queue, transaction pooling, and the JWT
+//! secret. Each yields one line
 //! (`ok` / `warn` / `FAIL`, what was seen, what to do). Calls `db` for connection settings and
 //! `triggers` for the installed version and per-table state; it writes nothing to the database.
 //!
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::DbArgs;
 use crate::{db, triggers};
@@ -132,12 +133,23 @@ pub async fn report(args: &CheckArgs) -> bool {
 pub async fn run(args: &CheckArgs) -> Vec<Finding> {
     let url = &args.db.database_url;
     let mut findings = Vec::new();
-    match connect(url).await {
+    let target = match db::Target::new(url, APPLICATION_NAME) {
+        Ok(t) => t,
+        Err(e) => {
+            findings.push(Finding::new("connect", Verdict::Fail, e));
+            findings.push(secret(args.devise_jwt_secret_key.as_deref()));
+            return findings;
+        }
+    };
+    match open(&target).await {
         Err(e) => findings.push(Finding::new("connect", Verdict::Fail, e)),
-        Ok(client) => {
+        Ok((client, encrypted)) => {
             findings.push(connectivity(&client, url).await);
+            let first = tls_seen(&client, encrypted).await;
             findings.push(trigger_state(&client).await);
-            findings.extend(listen_round_trip(url, &client).await);
+            let (listen, second) = listen_round_trip(&target, &client).await;
+            findings.extend(listen);
+            findings.insert(1, tls_finding(&target, &first, second.as_ref()));
             findings.push(queue_usage(&client).await);
         }
     }
@@ -170,6 +182,21 @@ async fn bridge(args: &CheckArgs) -> Finding {
             Verdict::Warn,
             format!("cannot subscribe to {}: {e}; the relay serves without Rails' broadcasts until Redis answers", bridge.pattern()),
         ),
+    }
+}
+
+/// Opens a connection with `target`'s settings, driven by a task of its own.
+async fn open(target: &db::Target) -> Result<(Client, bool), String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, target.open()).await {
+        Ok(Ok(opened)) => {
+            let connection = opened.connection;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok((opened.client, opened.encrypted))
+        }
+        Ok(Err(e)) => Err(target.explain(&e)),
+        Err(_) => Err(db::explain(target.url(), "connecting timed out")),
     }
 }
 
@@ -221,9 +248,13 @@ async fn trigger_state(client: &Client) -> Finding {
             format!("installed version {v} is older than this binary's ({expected}): {install}")
         }
         Some(v) if v > expected => {
-            format!(
-                "installed version {v} is newer than this binary's ({expected}): upgrade pgcable"
-            )
+            return Finding::new(
+                NAME,
+                Verdict::Warn,
+                format!(
+                    "installed version {v} is newer than this binary's ({expected}): the relay works with what it knows; upgrade pgcable"
+                ),
+            );
         }
         Some(_) => String::new(),
     };
@@ -275,32 +306,39 @@ async fn trigger_state(client: &Client) -> Finding {
 }
 
 /// LISTEN on a private channel, NOTIFY it from a second connection, and see it arrive; then
-/// look for signs of a transaction pooler (session state lost between statements).
-async fn listen_round_trip(url: &str, notifier: &Client) -> Vec<Finding> {
+/// look for signs of a transaction pooler (session state lost between statements). Also says
+/// what TLS the second connection got.
+async fn listen_round_trip(
+    target: &db::Target,
+    notifier: &Client,
+) -> (Vec<Finding>, Option<TlsSeen>) {
+    let url = target.url();
     let channel = format!("pgcable_check_{}", uuid::Uuid::new_v4().simple());
     let payload = uuid::Uuid::new_v4().to_string();
-    let cfg = match db::config(url, APPLICATION_NAME) {
-        Ok(c) => c,
-        Err(e) => return vec![Finding::new("listen", Verdict::Fail, e)],
-    };
-    let (listener, mut connection) =
-        match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                return vec![Finding::new(
+    let opened = match tokio::time::timeout(CONNECT_TIMEOUT, target.open()).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => {
+            return (
+                vec![Finding::new(
                     "listen",
                     Verdict::Fail,
-                    format!("cannot open a second connection: {}", db::error_text(&e)),
-                )]
-            }
-            Err(_) => {
-                return vec![Finding::new(
+                    format!("cannot open a second connection: {}", target.explain(&e)),
+                )],
+                None,
+            )
+        }
+        Err(_) => {
+            return (
+                vec![Finding::new(
                     "listen",
                     Verdict::Fail,
                     "opening a second connection timed out",
-                )]
-            }
-        };
+                )],
+                None,
+            )
+        }
+    };
+    let (listener, mut connection) = (opened.client, opened.connection);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -311,6 +349,7 @@ async fn listen_round_trip(url: &str, notifier: &Client) -> Vec<Finding> {
         }
     });
 
+    let seen = tls_seen(&listener, opened.encrypted).await;
     let session_before = session_probe(&listener).await;
     let round_trip = async {
         timeout(listener.batch_execute(&format!("LISTEN {channel}"))).await?;
@@ -358,9 +397,133 @@ async fn listen_round_trip(url: &str, notifier: &Client) -> Vec<Finding> {
         &session_before,
         &session_after,
         round_trip.is_ok(),
-        cfg.get_ports().first().copied(),
+        target.config.get_ports().first().copied(),
     );
-    vec![listen, pooler]
+    (vec![listen, pooler], Some(seen))
+}
+
+/// What one connection got: TLS as this end saw the handshake, and as the server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TlsSeen {
+    /// A TLS handshake completed on this connection.
+    encrypted: bool,
+    /// The server's `pg_stat_ssl` row for this session (ssl, version, cipher), if readable.
+    server: Option<(bool, Option<String>, Option<String>)>,
+}
+
+async fn tls_seen(client: &Client, encrypted: bool) -> TlsSeen {
+    let row = timeout(client.query_opt(
+        "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[],
+    ))
+    .await;
+    TlsSeen {
+        encrypted,
+        server: match row {
+            Ok(Some(row)) => Some((row.get(0), row.get(1), row.get(2))),
+            _ => None,
+        },
+    }
+}
+
+impl TlsSeen {
+    fn describe(&self) -> String {
+        match (self.encrypted, &self.server) {
+            (false, _) => "not encrypted".to_string(),
+            (true, Some((true, version, cipher))) => format!(
+                "TLS, {} ({})",
+                version.as_deref().unwrap_or("version unknown"),
+                cipher.as_deref().unwrap_or("cipher unknown")
+            ),
+            (true, Some((false, _, _))) => {
+                "TLS to a proxy or pooler (Postgres itself sees an unencrypted connection from it)"
+                    .to_string()
+            }
+            (true, None) => "TLS (version unknown: pg_stat_ssl is not readable)".to_string(),
+        }
+    }
+}
+
+/// The `tls` line: whether each connection is encrypted, with which protocol version, and
+/// what `sslmode` checks. Unencrypted or unverified connections over the network warn.
+fn tls_finding(target: &db::Target, first: &TlsSeen, second: Option<&TlsSeen>) -> Finding {
+    const NAME: &str = "tls";
+    let settings = &target.tls;
+    let mode = settings.mode.as_str();
+    let seen = match second {
+        Some(second) if second.describe() != first.describe() => format!(
+            "first connection {}, second (LISTEN) connection {}",
+            first.describe(),
+            second.describe()
+        ),
+        Some(_) => format!("both connections {}", first.describe()),
+        None => format!("connection {}", first.describe()),
+    };
+    let all_encrypted = first.encrypted && second.is_none_or(|s| s.encrypted);
+    let local = is_local(&target.config);
+    if !all_encrypted {
+        if local {
+            return Finding::new(
+                NAME,
+                Verdict::Ok,
+                format!("{seen} (a local connection; sslmode={mode})"),
+            );
+        }
+        let why = if settings.mode == crate::tls::SslMode::Disable {
+            "sslmode=disable".to_string()
+        } else {
+            format!("sslmode={mode} and the server did not offer TLS")
+        };
+        return Finding::new(
+            NAME,
+            Verdict::Warn,
+            format!(
+                "{seen} ({why}): passwords and data cross the network in clear; turn on ssl on the server and set sslmode=verify-full in DATABASE_URL"
+            ),
+        );
+    }
+    match settings.verify {
+        crate::tls::Verify::Nothing if !local => Finding::new(
+            NAME,
+            Verdict::Warn,
+            format!(
+                "{seen}, but {} (sslmode={mode}): a machine in between could pose as the server; set sslmode=verify-full (and sslrootcert=<the server's CA file> unless the system's trust store has it)",
+                settings.checks()
+            ),
+        ),
+        crate::tls::Verify::Nothing => Finding::new(
+            NAME,
+            Verdict::Ok,
+            format!("{seen}; {} (sslmode={mode}, a local connection)", settings.checks()),
+        ),
+        _ => Finding::new(
+            NAME,
+            Verdict::Ok,
+            format!("{seen}; {} (sslmode={mode})", settings.checks()),
+        ),
+    }
+}
+
+/// Whether every host of the connection string is this machine (loopback or a Unix socket).
+fn is_local(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    let hosts = config.get_hosts();
+    let addrs = config.get_hostaddrs();
+    let host_local = |h: &Host| match h {
+        Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        #[cfg(unix)]
+        Host::Unix(_) => true,
+    };
+    if !addrs.is_empty() {
+        return addrs.iter().all(|a| a.is_loopback());
+    }
+    !hosts.is_empty() && hosts.iter().all(host_local)
 }
 
 /// The backend pid and whether a session setting survived into a later statement.
@@ -475,10 +638,6 @@ fn secret(secret: Option<&str>) -> Finding {
     }
 }
 
-async fn connect(url: &str) -> Result<Client, String> {
-    db::connect(url, APPLICATION_NAME, CONNECT_TIMEOUT).await
-}
-
 /// Awaits a query with [`QUERY_TIMEOUT`], turning both failures into text.
 async fn timeout<T>(
     query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -500,6 +659,47 @@ mod tests {
         assert_eq!(f.to_string(), "FAIL  secret    not set");
         assert!(!go(&[f]));
         assert!(go(&[Finding::new("queue", Verdict::Warn, "x")]));
+    }
+
+    #[test]
+    fn tls_verdicts() {
+        let target = |url: &str| db::Target::new(url, "t").unwrap_or_else(|e| panic!("{e}"));
+        let tls13 = TlsSeen {
+            encrypted: true,
+            server: Some((true, Some("TLSv1.3".into()), Some("X".into()))),
+        };
+        let plain = TlsSeen {
+            encrypted: false,
+            server: Some((false, None, None)),
+        };
+        // Over the network: clear text and unverified TLS warn; verified TLS is ok.
+        let remote = target("postgres://db.example.com/d?sslmode=require");
+        let f = tls_finding(&remote, &tls13, Some(&tls13));
+        assert_eq!(f.verdict, Verdict::Warn, "{f}");
+        assert!(f.detail.contains("both connections TLS, TLSv1.3"), "{f}");
+        let f = tls_finding(&remote, &plain, Some(&plain));
+        assert_eq!(f.verdict, Verdict::Warn, "{f}");
+        let full = target("postgres://db.example.com/d?sslmode=verify-full");
+        let f = tls_finding(&full, &tls13, Some(&tls13));
+        assert_eq!(f.verdict, Verdict::Ok, "{f}");
+        assert!(f.detail.contains("host name verified"), "{f}");
+        // A pooler that ends TLS, and connections that differ, are told apart.
+        let pooled = TlsSeen {
+            encrypted: true,
+            server: Some((false, None, None)),
+        };
+        let f = tls_finding(&full, &pooled, Some(&plain));
+        assert_eq!(f.verdict, Verdict::Warn, "{f}");
+        assert!(
+            f.detail.contains("proxy or pooler") && f.detail.contains("second"),
+            "{f}"
+        );
+        // On this machine, clear text is fine.
+        let local = target("postgres://localhost/d?sslmode=disable");
+        assert_eq!(tls_finding(&local, &plain, None).verdict, Verdict::Ok);
+        assert!(is_local(&target("host=/run/postgresql dbname=d").config));
+        assert!(is_local(&target("postgres://[::1]:5432/d").config));
+        assert!(!is_local(&remote.config));
     }
 
     #[test]

@@ -15,7 +15,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 /// Settings shared by every subcommand that talks to Postgres.
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
-    /// Postgres connection string.
+    /// Postgres connection string (URL or key=value); honours libpq's sslmode (disable, allow,
+    /// prefer, require, verify-ca, verify-full) and sslrootcert (a CA file, or `system`).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 }
@@ -139,6 +140,10 @@ pub struct Config {
     pub require_active_user: bool,
     /// The bridge from the Rails cable's Redis; `None` when off.
     pub bridge: Option<BridgeConfig>,
+    /// The live page's data endpoint `GET /demo/state`: set only by `pgcable dev`. `None` (the
+    /// default, and always for `serve`) leaves the route unserved (404), so a production relay
+    /// never hands out rows over plain HTTP.
+    pub demo: Option<crate::dev::Demo>,
 }
 
 /// Settings of the Rails bridge (bridge.md §2) and of shadow mode (§3).
@@ -227,6 +232,7 @@ impl Config {
             check_jti: args.check_jti,
             require_active_user: args.require_active_user,
             bridge,
+            demo: None,
         })
     }
 
@@ -251,6 +257,7 @@ impl Config {
             check_jti: false,
             require_active_user: false,
             bridge: None,
+            demo: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use tokio::process::Command;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{Config, DbArgs};
 use crate::server::{self, Server};
@@ -31,6 +31,10 @@ pub const DEMO_USER_JTI: &str = "demo-gm-jti-00000000000000000001";
 pub const DEMO_CAMPAIGN_ID: &str = "00000000-0000-4000-8000-0000000000c1";
 /// The demo character "Johnny Tso" that the printed `psql` command edits.
 pub const DEMO_CHARACTER_ID: &str = "00000000-0000-4000-8000-000000000101";
+/// The demo's active fight "Showdown at the Docks", which a printed command ends.
+pub const DEMO_FIGHT_ID: &str = "00000000-0000-4000-8000-000000000301";
+/// Johnny Tso's shot in the demo fight (14 on the counter), which a printed command moves.
+pub const DEMO_SHOT_ID: &str = "00000000-0000-4000-8000-000000000311";
 /// The last line `pgcable dev` prints once everything runs (scripts and tests wait for it).
 pub const READY_LINE: &str = "pgcable dev: ready";
 /// The live page served at `GET /demo`.
@@ -50,6 +54,51 @@ const PG_START_TIMEOUT_SECS: u64 = 60;
 const PG_STOP_TIMEOUT_SECS: u64 = 20;
 const LISTENER_TIMEOUT: Duration = Duration::from_secs(20);
 const RELAY_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the live page's data endpoint (`GET /demo/state`, [`crate::demo_state`]) needs besides
+/// the database. Only `pgcable dev` puts one in [`Config::demo`].
+#[derive(Debug, Clone)]
+pub struct Demo {
+    /// The campaign the page shows unless it names another.
+    pub campaign_id: uuid::Uuid,
+    /// The changes to try, as printed (without a password), for the page's "try this" box.
+    pub commands: Vec<TryCommand>,
+}
+
+/// One change to try: what it does and the shell command that makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TryCommand {
+    /// What the command does, in a few words.
+    pub label: String,
+    /// A `psql` command line, ready to paste into a shell.
+    pub command: String,
+}
+
+/// The changes `pgcable dev` suggests, each a `psql` command against `demo_url`: rename a
+/// character, move a combatant on the fight's shot counter, end the fight.
+pub fn try_commands(demo_url: &str) -> Vec<TryCommand> {
+    let psql = format!("psql {}", shell_quote(demo_url));
+    [
+        (
+            "rename a character",
+            format!("UPDATE characters SET name = 'Johnny Tso (edited)' WHERE id = '{DEMO_CHARACTER_ID}'"),
+        ),
+        (
+            "move Johnny Tso 3 shots down the shot counter",
+            format!("UPDATE shots SET shot = shot - 3 WHERE id = '{DEMO_SHOT_ID}'"),
+        ),
+        (
+            "end the fight",
+            format!("UPDATE fights SET ended_at = now() WHERE id = '{DEMO_FIGHT_ID}'"),
+        ),
+    ]
+    .into_iter()
+    .map(|(label, sql)| TryCommand {
+        label: label.to_string(),
+        command: format!("{psql} -c \"{sql}\""),
+    })
+    .collect()
+}
 
 /// Settings of `pgcable dev`.
 #[derive(Args, Debug, Clone)]
@@ -216,6 +265,13 @@ async fn start(args: &DevArgs, made: &mut Made) -> Result<Server, String> {
     config.listen = args.listen;
     config.shutdown_timeout = Duration::from_secs(2);
     config.pool_size = 4;
+    let commands = try_commands(&demo_url);
+    config.demo = Some(Demo {
+        campaign_id: uuid::Uuid::parse_str(DEMO_CAMPAIGN_ID)
+            .map_err(|e| format!("bad demo campaign id: {e}"))?,
+        // The page gets the commands without the password: it is served over plain HTTP.
+        commands: try_commands(&without_password(&demo_url)),
+    });
     let relay = server::start(config).await?;
     let deadline = tokio::time::Instant::now() + LISTENER_TIMEOUT;
     while !relay.state.listening.load(Ordering::Relaxed) {
@@ -231,11 +287,11 @@ async fn start(args: &DevArgs, made: &mut Made) -> Result<Server, String> {
     }
 
     let token = demo_token(&secret)?;
-    print_instructions(relay.addr, &demo_url, &token, secret == DEV_SECRET);
+    print_instructions(relay.addr, &commands, &token, secret == DEV_SECRET);
     Ok(relay)
 }
 
-fn print_instructions(addr: SocketAddr, demo_url: &str, token: &str, dev_secret: bool) {
+fn print_instructions(addr: SocketAddr, commands: &[TryCommand], token: &str, dev_secret: bool) {
     use std::io::Write;
     let shown = match addr.ip() {
         ip if ip.is_unspecified() => SocketAddr::new([127, 0, 0, 1].into(), addr.port()),
@@ -246,6 +302,10 @@ fn print_instructions(addr: SocketAddr, demo_url: &str, token: &str, dev_secret:
     } else {
         "DEVISE_JWT_SECRET_KEY".to_string()
     };
+    let mut tries = String::new();
+    for c in commands {
+        tries.push_str(&format!("  # {}\n  {}\n", c.label, c.command));
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -254,15 +314,14 @@ fn print_instructions(addr: SocketAddr, demo_url: &str, token: &str, dev_secret:
          A token for the demo user {DEMO_USER_ID} (HS256, valid 24 h, signed with {secret}):\n\
          \x20 {token}\n\
          \n\
-         Watch the demo campaign live in a browser:\n\
+         Watch the demo campaign and its fight live in a browser:\n\
          \x20 http://{shown}/demo?token={token}\n\
          \n\
-         Make a change and see it arrive:\n\
-         \x20 psql {} -c \"UPDATE characters SET name = 'Johnny Tso (edited)' WHERE id = '{DEMO_CHARACTER_ID}'\"\n\
+         Make a change and watch the page show it (each command runs as printed):\n\
+         {tries}\
          \n\
          Ctrl-C stops the relay and removes the demo database.\n\
          {READY_LINE}",
-        shell_quote(demo_url),
     );
     let _ = out.flush();
 }
@@ -291,10 +350,12 @@ pub fn demo_token(secret: &str) -> Result<String, String> {
 /// Connects to `url`: `Some` if a server answered, `None` if nothing is there (refused, no such
 /// host, timed out), and an error if a server answered but refused us (wrong password, ...).
 async fn probe(url: &str) -> Result<Option<Client>, String> {
-    let cfg = db::config(url, APPLICATION_NAME)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, cfg.connect(NoTls)).await {
+    let target = db::Target::new(url, APPLICATION_NAME)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, target.open()).await {
         Err(_) => Ok(None),
-        Ok(Ok((client, connection))) => {
+        Ok(Ok(db::Opened {
+            client, connection, ..
+        })) => {
             tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -308,13 +369,14 @@ async fn probe(url: &str) -> Result<Option<Client>, String> {
             );
             Ok(None)
         }
-        Ok(Err(e)) => Err(db::explain(url, &db::error_text(&e))),
+        Ok(Err(e)) => Err(target.explain(&e)),
     }
 }
 
 /// Whether a connection error means no server is there (as opposed to a server saying no).
 fn nothing_there(e: &tokio_postgres::Error) -> bool {
-    if e.as_db_error().is_some() {
+    // A TLS failure comes wrapped in an I/O error, but a server did answer.
+    if e.as_db_error().is_some() || crate::tls::is_tls_failure(e) {
         return false;
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -357,6 +419,38 @@ pub fn with_database(url: &str, name: &str) -> String {
     match query {
         Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
         None => format!("{scheme}://{authority}/{name}"),
+    }
+}
+
+/// `url` without its password (URL or key=value form), for text that leaves the terminal.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url
+            .split_whitespace()
+            .filter(|w| !w.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let main = match main.rsplit_once('@') {
+        Some((creds, host)) => match creds.split_once(':') {
+            Some((user, _password)) => format!("{user}@{host}"),
+            None => main.to_string(),
+        },
+        None => main.to_string(),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .filter(|p| !p.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) if !q.is_empty() => format!("{scheme}://{main}?{q}"),
+        _ => format!("{scheme}://{main}"),
     }
 }
 
@@ -491,6 +585,13 @@ impl Cluster {
 
     /// initdb, configure, pg_ctl start.
     pub async fn start(&self) -> Result<(), String> {
+        self.init().await?;
+        self.start_server().await
+    }
+
+    /// initdb and the settings of a private cluster; the server is not started (tests add
+    /// settings and files with [`Cluster::configure`] and [`Cluster::write_file`] first).
+    pub async fn init(&self) -> Result<(), String> {
         println!(
             "pgcable dev: throwaway cluster in {} on 127.0.0.1:{} ({})",
             self.dir.display(),
@@ -521,9 +622,38 @@ impl Cluster {
              full_page_writes = off\n",
             self.port
         );
-        append(&self.data().join("postgresql.conf"), &settings)
-            .map_err(|e| format!("cannot configure the throwaway cluster: {e}"))?;
-        self.start_server().await
+        self.configure(&settings)
+    }
+
+    /// Appends `settings` to postgresql.conf; they take effect at the next start or reload.
+    pub fn configure(&self, settings: &str) -> Result<(), String> {
+        append(&self.data().join("postgresql.conf"), settings)
+            .map_err(|e| format!("cannot configure the throwaway cluster: {e}"))
+    }
+
+    /// Writes (or replaces) a file in the data directory, readable only by the server's user
+    /// (mode 0600, as PostgreSQL insists for `ssl_key_file`), e.g. `pg_hba.conf` or a TLS key.
+    /// Returns its path.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<PathBuf, String> {
+        let path = self.data().join(name);
+        let written = write_private(&path, contents).and_then(|()| match self.run_as {
+            Some((uid, gid)) => chown(&path, uid, gid),
+            None => Ok(()),
+        });
+        written.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Makes the running server read its configuration files again (`pg_ctl reload`).
+    pub async fn reload(&self) -> Result<(), String> {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("-D").arg(self.data()).arg("reload");
+        run_program(
+            pg_ctl,
+            Duration::from_secs(PG_STOP_TIMEOUT_SECS),
+            "pg_ctl reload",
+        )
+        .await
     }
 
     /// Starts the (initialized) server again.
@@ -653,6 +783,26 @@ fn append(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 #[cfg(unix)]
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents)
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+#[cfg(unix)]
 fn make_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().mode(0o700).create(dir)
@@ -720,6 +870,40 @@ mod tests {
         assert_eq!(
             with_database("host=h dbname=prod", "demo"),
             "host=h dbname=prod dbname=demo"
+        );
+    }
+
+    #[test]
+    fn drops_the_password() {
+        assert_eq!(
+            without_password("postgres://u:secret@h:5432/d"),
+            "postgres://u@h:5432/d"
+        );
+        assert_eq!(
+            without_password("postgres://u@h/d?sslmode=disable&password=x"),
+            "postgres://u@h/d?sslmode=disable"
+        );
+        assert_eq!(
+            without_password("postgres://u:p@h/d?password=x"),
+            "postgres://u@h/d"
+        );
+        assert_eq!(
+            without_password("host=h password=x dbname=d"),
+            "host=h dbname=d"
+        );
+    }
+
+    #[test]
+    fn suggests_three_changes() {
+        let commands = try_commands("postgres://postgres@127.0.0.1:5432/demo");
+        let lines: Vec<&str> = commands.iter().map(|c| c.command.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("psql 'postgres://postgres@127.0.0.1:5432/demo' -c \"UPDATE characters SET name = 'Johnny Tso (edited)' WHERE id = '{DEMO_CHARACTER_ID}'\""),
+                format!("psql 'postgres://postgres@127.0.0.1:5432/demo' -c \"UPDATE shots SET shot = shot - 3 WHERE id = '{DEMO_SHOT_ID}'\""),
+                format!("psql 'postgres://postgres@127.0.0.1:5432/demo' -c \"UPDATE fights SET ended_at = now() WHERE id = '{DEMO_FIGHT_ID}'\""),
+            ]
         );
     }
 

@@ -1,5 +1,6 @@
 //! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`, `/shadow` (shadow
-//! mode's summary) and `/demo` (the static live page of `pgcable dev`, [`crate::dev::DEMO_HTML`]).
+//! mode's summary), `/demo` (the static live page of `pgcable dev`, [`crate::dev::DEMO_HTML`])
+//! and, only under `pgcable dev`, the page's data `/demo/state` ([`crate::demo_state`]).
 //!
 //! Owns the HTTP/1.1 connections (accepting, the header-read timeout, graceful stop), the
 //! handshake rules of protocol.md §1 (subprotocol, origin, 404s) and the operator endpoints.
@@ -152,7 +153,7 @@ pub fn routes(
         });
     let metrics = warp::path("metrics")
         .and(warp::path::end())
-        .and(with_state)
+        .and(with_state.clone())
         .map(|state: Arc<State>| {
             state
                 .metrics
@@ -176,6 +177,12 @@ pub fn routes(
         );
         r
     });
+    // Only under `pgcable dev` (`config.demo`); otherwise the same 404 as any unknown path.
+    let demo_state = warp::path!("demo" / "state")
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(with_state.clone())
+        .then(demo_state);
     warp::get()
         .and(
             cable
@@ -188,6 +195,8 @@ pub fn routes(
                 .or(shadow)
                 .unify()
                 .or(demo)
+                .unify()
+                .or(demo_state)
                 .unify(),
         )
         .recover(|_| async { Ok::<_, Infallible>(not_found()) })
@@ -201,6 +210,18 @@ fn json_reply(status: StatusCode, body: String) -> Response {
         "content-type",
         warp::http::HeaderValue::from_static("application/json"),
     );
+    r
+}
+
+async fn demo_state(authorization: Option<String>, query: String, state: Arc<State>) -> Response {
+    let Some(demo) = state.config.demo.as_ref() else {
+        return not_found();
+    };
+    let (status, body) =
+        crate::demo_state::answer(&state, demo, authorization.as_deref(), &query).await;
+    let mut r = json_reply(status, body);
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-store"));
     r
 }
 

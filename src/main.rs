@@ -30,7 +30,8 @@ enum Command {
     /// Creates a fresh database pgcable_demo_<random> on DATABASE_URL's server (it never writes
     /// into an existing database) or, if no server answers there, a throwaway cluster from the
     /// machine's PostgreSQL programs; loads the demo schema and data, installs the triggers,
-    /// serves /cable and /demo, and prints a token, a psql command and the page's URL.
+    /// serves /cable, /demo and its data /demo/state, and prints a token, the page's URL and
+    /// three psql commands to try (rename a character, move a shot, end the fight).
     /// Ctrl-C or SIGTERM removes everything it made.
     Dev(dev::DevArgs),
     /// Go/no-go report on the database and settings `serve` would use.
@@ -172,6 +173,13 @@ async fn triggers_command(action: TriggersAction) -> Result<ExitCode, String> {
                         "installed version {v}, this binary expects {}: the relay works, but {} need `pgcable triggers install`",
                         triggers::VERSION,
                         triggers::OLDER_LACKS
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                Some(v) if v > triggers::VERSION => {
+                    println!(
+                        "installed version {v}, newer than this binary's ({}): the relay works with what it knows; upgrade pgcable",
+                        triggers::VERSION
                     );
                     Ok(ExitCode::FAILURE)
                 }

@@ -91,7 +91,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
             check_jti: config.check_jti,
             require_active_user: config.require_active_user,
         },
-        access: Access::new(pool.clone(), config.access_cache_ttl),
+        access: Access::new(pool.clone(), config.access_cache_ttl, config.pool_size / 2),
         render: RenderConfig {
             imagekit_endpoint: config.imagekit_endpoint.clone(),
         },

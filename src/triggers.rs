@@ -12,15 +12,19 @@ pub const UNINSTALL_SQL: &str = include_str!("../triggers/uninstall.sql");
 /// The version of the triggers this binary was built with (`pgcable.version()`).
 pub const VERSION: i32 = 2;
 
-/// The watched tables: three whose rows the relay re-reads, then three whose changes reach it
-/// as the fights they belong to (live combat).
-pub const TABLES: [&str; 6] = [
+/// The watched tables: three whose rows the relay re-reads, three whose changes reach it as the
+/// fights they belong to (live combat), then three whose changes grant or take away access
+/// (live authorization).
+pub const TABLES: [&str; 9] = [
     "characters",
     "vehicles",
     "fights",
     "shots",
     "character_effects",
     "chase_relationships",
+    "campaign_memberships",
+    "campaigns",
+    "users",
 ];
 
 /// The installed trigger version, or `None` if pgcable's triggers are not installed.
@@ -44,9 +48,12 @@ pub async fn installed_version(client: &Client) -> Result<Option<i32>, tokio_pos
 /// before the triggers are, with no downtime.
 pub const OLDEST_SUPPORTED: i32 = 1;
 
-/// Whether this binary works with installed trigger version `v`.
+/// Whether this binary works with installed trigger version `v`: any from
+/// [`OLDEST_SUPPORTED`] on. Newer versions only add payload kinds and trailing elements, which
+/// this binary ignores (triggers/README.md: readers ignore what they do not know), so a relay
+/// keeps serving while the triggers are upgraded ahead of it.
 pub fn usable(v: i32) -> bool {
-    (OLDEST_SUPPORTED..=VERSION).contains(&v)
+    v >= OLDEST_SUPPORTED
 }
 
 /// What an older but usable installed version lacks, for messages.
@@ -77,9 +84,9 @@ pub async fn is_usable(client: &Client) -> bool {
             tracing::warn!(
                 installed = v,
                 expected = VERSION,
-                "installed triggers are newer than this binary: upgrade pgcable"
+                "installed triggers are newer than this binary: the relay works with what it knows; upgrade pgcable for the rest"
             );
-            false
+            true
         }
         Ok(None) => {
             tracing::warn!("pgcable triggers are not installed in this database: run `pgcable triggers install`");
@@ -92,13 +99,22 @@ pub async fn is_usable(client: &Client) -> bool {
     }
 }
 
-/// The triggers install.sql puts on each table.
-pub const TRIGGERS: [&str; 4] = [
-    "pgcable_delete",
-    "pgcable_insert",
-    "pgcable_truncate",
-    "pgcable_update",
-];
+/// The triggers install.sql puts on each table (live-authorization tables have no TRUNCATE
+/// trigger, and `users` no INSERT trigger: a new user holds no connection yet).
+pub fn triggers_of(table: &str) -> &'static [&'static str] {
+    match table {
+        "campaign_memberships" | "campaigns" => {
+            &["pgcable_delete", "pgcable_insert", "pgcable_update"]
+        }
+        "users" => &["pgcable_delete", "pgcable_update"],
+        _ => &[
+            "pgcable_delete",
+            "pgcable_insert",
+            "pgcable_truncate",
+            "pgcable_update",
+        ],
+    }
+}
 
 /// One table's trigger state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +130,9 @@ pub struct TableStatus {
 impl TableStatus {
     /// The pgcable triggers this table should have and lacks.
     pub fn missing(&self) -> Vec<&'static str> {
-        TRIGGERS
-            .into_iter()
+        triggers_of(&self.table)
+            .iter()
+            .copied()
             .filter(|t| !self.triggers.iter().any(|have| have == t))
             .collect()
     }

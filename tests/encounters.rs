@@ -513,3 +513,36 @@ async fn works_with_version_1_triggers_and_picks_up_version_2() {
     assert_eq!(kinds(&frames), [("A", "encounter".to_string())]);
     assert_eq!(frames[0].1, render_now(&c.db, c.fight).await);
 }
+
+/// Doubles are written as Rails' encoder (json 2.16.0) writes them, in the character payload
+/// and in the encounter alike: `5.526837` stored in jsonb arrives as `5.5268370000000004`.
+#[tokio::test]
+async fn floats_as_rails_writes_them_in_every_payload() {
+    let c = combat().await;
+    let mut w = Watcher::new(c.relay.addr, c.user, c.campaign).await;
+    sql(
+        &c.db,
+        &format!(
+            "UPDATE characters SET action_values = '{{\"Type\":\"Boss\",\"Speed\":6,\"Toughness\":5.526837,\"x\":1.5e-10,\"y\":0.00001}}' WHERE id = '{}'",
+            c.villain
+        ),
+    )
+    .await;
+    let frames = w.until_quiet(QUIET).await;
+    assert_eq!(
+        kinds(&frames),
+        [
+            ("A", "character".to_string()),
+            ("A", "characters:reload".to_string()),
+            ("A", "encounter".to_string())
+        ]
+    );
+    for (_, m) in [&frames[0], &frames[2]] {
+        assert!(
+            m.contains(r#""Toughness":5.5268370000000004"#)
+                && m.contains(r#""x":1.5e-10"#)
+                && m.contains(r#""y":0.00001"#),
+            "{m}"
+        );
+    }
+}

@@ -6,6 +6,8 @@
 //! through `pg`, restarts the relay with SIGTERM and checks that the client reconnects by itself:
 //!
 //! * `official_client.mjs`: the client in Node, with `ws` as its WebSocket;
+//! * `live_auth.mjs`: live authorization: each revoking change disconnects, the client comes
+//!   back by itself and the forbidden subscription is rejected; a grant is seen at once;
 //! * `encounter.mjs`: live combat in Node: a `psql` UPDATE of a shot arrives as one encounter;
 //! * `bridge.mjs`: the Rails bridge: Debian's ActionCable (`tests/ruby/publisher.rb`) publishes
 //!   through Redis, the client gets Rails' exact bytes and Rails' remote disconnects (needs Redis
@@ -107,4 +109,10 @@ async fn official_client_receives_an_encounter() {
 #[tokio::test]
 async fn official_client_receives_rails_broadcasts() {
     run_script("bridge.mjs").await;
+}
+
+/// Live authorization with the official client in Node: revocations and a grant.
+#[tokio::test]
+async fn official_client_live_authorization() {
+    run_script("live_auth.mjs").await;
 }

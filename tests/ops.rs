@@ -1,5 +1,6 @@
-//! Operator endpoints (`/health`, `/ready`, `/metrics`) of in-process relays, and the one-line
-//! errors of `pgcable serve` (the real binary) that a newcomer hits first.
+//! Operator endpoints (`/health`, `/ready`, `/metrics`) of in-process relays, the one-line
+//! errors of `pgcable serve` (the real binary) that a newcomer hits first, and what `serve` does
+//! not serve (`/demo/state` is `pgcable dev`'s only).
 
 mod common;
 
@@ -197,4 +198,59 @@ fn serve_on_a_busy_port_says_so() {
     ]);
     one_clear_line(code, &stderr, "already in use");
     drop(busy);
+}
+
+/// `GET /demo/state` is the live page's data under `pgcable dev` only: the real `serve` binary
+/// answers it like any unknown path, even to a token that may see the campaign.
+#[tokio::test]
+async fn serve_does_not_serve_the_demo_state() {
+    let db = TestDb::create().await;
+    let user = db.user(false).await;
+    let campaign = db.campaign(user).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgcable"))
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("DEVISE_JWT_SECRET_KEY", common::SECRET)
+        .env("PGCABLE_LISTEN", addr.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run pgcable serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "pgcable serve did not listen");
+        assert!(matches!(child.try_wait(), Ok(None)), "pgcable serve exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = common::token(user);
+    for path in [
+        "/demo/state".to_string(),
+        format!("/demo/state?token=Bearer%20{token}"),
+        format!("/demo/state?token={token}&campaign={campaign}"),
+    ] {
+        let r = get(addr, &path).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (404, "Page not found"),
+            "{path}"
+        );
+    }
+    // The page itself is static and stays (it shows live messages only there).
+    assert_eq!(get(addr, "/demo").await.status, 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pgcable serve did not stop on SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.wait();
 }

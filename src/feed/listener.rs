@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::event::CHANNEL;
 use crate::db;
@@ -30,6 +30,8 @@ pub enum Item {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long connecting (TCP, TLS, login) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the listener proves its connection is alive.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -75,8 +77,13 @@ async fn listen_once(
     out: &mpsc::UnboundedSender<Item>,
     reconnect: bool,
 ) -> Result<(), String> {
-    let cfg = db::config(&state.config.database_url, db::LISTENER_APPLICATION_NAME)?;
-    let (client, mut connection) = cfg.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let opened = db::open(
+        &state.config.database_url,
+        db::LISTENER_APPLICATION_NAME,
+        CONNECT_TIMEOUT,
+    )
+    .await?;
+    let (client, mut connection, encrypted) = (opened.client, opened.connection, opened.encrypted);
     let forward = out.clone();
     let mut driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -133,7 +140,7 @@ async fn listen_once(
         tracing::info!("listener reconnected; sending reloads for the gap");
         let _ = out.send(Item::Gap);
     } else {
-        tracing::info!("listening on channel {CHANNEL}");
+        tracing::info!(tls = encrypted, "listening on channel {CHANNEL}");
     }
     // Prove the connection is alive now and then: a server that vanished without closing the
     // socket would otherwise leave us listening to nothing.

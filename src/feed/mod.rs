@@ -5,6 +5,7 @@
 //! and [`encounter`] the fights they touch into encounters ([`queue`] is the machinery both
 //! share). Calls the render station (through `coalesce`), the query pool and the hub.
 
+pub mod access;
 pub mod coalesce;
 pub mod encounter;
 pub mod event;
@@ -20,7 +21,7 @@ use uuid::Uuid;
 
 use self::coalesce::Coalescer;
 use self::encounter::Encounters;
-use self::event::{Event, Table};
+use self::event::{AccessChange, Action, Event, Table};
 use self::listener::Item;
 use self::queue::earliest;
 use crate::cable::frame::DisconnectReason;
@@ -48,18 +49,18 @@ pub async fn dispatch(
                 ));
             }
             Item::Notifications(group) => {
+                let events: Vec<Result<Event, String>> =
+                    group.iter().map(|p| event::parse(p)).collect();
+                // Revocations first: nothing committed with or after them may reach what they
+                // forbid (a group is normally one transaction's notifications).
+                let changes = access_changes(&events);
+                if !changes.is_empty() {
+                    access::apply(&state, &changes).await;
+                }
                 let mut fights: Vec<Uuid> = Vec::new();
                 let mut since: Option<i64> = None;
-                for payload in group {
-                    notification(
-                        &state,
-                        &rows,
-                        &encounters,
-                        &payload,
-                        &mut fights,
-                        &mut since,
-                    )
-                    .await;
+                for event in events {
+                    notification(&state, &rows, &encounters, event, &mut fights, &mut since).await;
                 }
                 fights.sort_unstable();
                 fights.dedup();
@@ -69,17 +70,39 @@ pub async fn dispatch(
     }
 }
 
+/// The access changes among `events`: the reported ones, and fights that moved to another
+/// campaign (their FightChannel subscribers are decided again).
+fn access_changes(events: &[Result<Event, String>]) -> Vec<AccessChange> {
+    let mut out = Vec::new();
+    for event in events {
+        match event {
+            Ok(Event::Access(changes)) => out.extend(changes.iter().cloned()),
+            Ok(Event::Rows(rows, _)) => out.extend(
+                rows.iter()
+                    .filter(|r| {
+                        r.table == Table::Fights
+                            && r.action == Action::Update
+                            && r.old_campaign != r.new_campaign
+                    })
+                    .map(|r| AccessChange::FightMoved(r.id)),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Acts on one notification; adds the fights it names to `fights`.
 async fn notification(
     state: &Arc<State>,
     rows: &Coalescer,
     encounters: &Arc<Encounters>,
-    payload: &str,
+    event: Result<Event, String>,
     fights: &mut Vec<Uuid>,
     since: &mut Option<i64>,
 ) {
     state.metrics.notification();
-    match event::parse(payload) {
+    match event {
         Ok(Event::Broadcast {
             stream,
             message,
@@ -112,6 +135,8 @@ async fn notification(
             fights.extend(ids);
             *since = earliest(*since, at);
         }
+        // Applied before the group's other notifications.
+        Ok(Event::Access(_)) => {}
         Ok(Event::CombatTruncated(_)) => {
             tracing::info!("a combat table was truncated: re-rendering watched active fights");
             tokio::spawn(encounter::refresh_watched(
@@ -120,7 +145,28 @@ async fn notification(
                 rows.mark(),
             ));
         }
-        Err(e) => tracing::warn!(error = %e, "notification ignored"),
+        Err(e) => ignored(state, &e),
+    }
+}
+
+/// A notification the relay cannot use (a newer trigger version's, or anyone's `NOTIFY
+/// pgcable`): counted, and logged at most once a minute so that a flood cannot fill the log.
+fn ignored(state: &State, error: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_LOGGED: AtomicU64 = AtomicU64::new(0);
+    static SINCE_LOGGED: AtomicU64 = AtomicU64::new(0);
+    state.metrics.notification_ignored();
+    let now = crate::cable::connection::unix_now();
+    let last = LAST_LOGGED.load(Ordering::Relaxed);
+    if now >= last + 60
+        && LAST_LOGGED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let more = SINCE_LOGGED.swap(0, Ordering::Relaxed);
+        tracing::warn!(%error, ignored_since_last_line = more, "notification ignored (pgcable_notifications_ignored_total counts them all)");
+    } else {
+        SINCE_LOGGED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -16,27 +16,14 @@
 // remaining one, SIGTERM (server_restart disconnect), restart on the same port, the client
 // reconnects by itself and receives a new broadcast.
 
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
-import os from "node:os";
 import path from "node:path";
 import {
   run, step, log, fail, assert, assertDeepEqual, waitFor, sleep, inputs, mintJwt, freePort,
-  Relay, connectPg, payload, randomUUID, onCleanup,
+  Relay, connectPg, payload, randomUUID, onCleanup, CHROMIUM, launchChromium,
 } from "./lib.mjs";
-
-const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
 const require = createRequire(import.meta.url);
 const pkgDir = path.dirname(require.resolve("@rails/actioncable/package.json"));
@@ -150,10 +137,6 @@ function startPageServer(port) {
 }
 
 run("browser", async () => {
-  if (!existsSync(CHROMIUM)) {
-    await fail(`${CHROMIUM} not found: install chromium (apt-get install chromium)`);
-  }
-  const { chromium } = await import("playwright-core");
   const cfg = inputs();
 
   step("serve the test page");
@@ -173,20 +156,7 @@ run("browser", async () => {
   await relay.waitHealthy();
 
   step(`launch headless ${CHROMIUM} with a fresh profile`);
-  const userDataDir = mkdtempSync(path.join(os.tmpdir(), "pgcable-chromium-"));
-  onCleanup(async () => rmSync(userDataDir, { recursive: true, force: true }));
-  let context;
-  try {
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: 30_000,
-    });
-  } catch (e) {
-    await fail(`could not launch ${CHROMIUM}: ${e.message}`);
-  }
-  onCleanup(() => context.close());
+  const context = await launchChromium();
   const page = context.pages()[0] ?? (await context.newPage());
   page.on("console", (m) => log(`[page ${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => fail(`uncaught error in the page: ${e.stack || e.message}`));

@@ -6,6 +6,9 @@
 // killed on exit.
 
 import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { createHmac, randomUUID } from "node:crypto";
 import net from "node:net";
 import { isDeepStrictEqual, inspect } from "node:util";
@@ -17,6 +20,7 @@ const elapsed = () => ((Date.now() - T0) / 1000).toFixed(2).padStart(6);
 let scriptName = "test";
 let currentStep = "(starting)";
 const cleanups = [];
+const failureHooks = [];
 const relays = new Set();
 
 export function log(...args) {
@@ -36,6 +40,11 @@ export function step(description) {
 /** Registers an async cleanup that runs (best effort, bounded) before the process exits. */
 export function onCleanup(fn) {
   cleanups.push(fn);
+}
+
+/** Registers an async hook that runs (bounded) on failure only, before the cleanups. */
+export function onFailure(fn) {
+  failureHooks.push(fn);
 }
 
 let finishing = false;
@@ -65,6 +74,13 @@ export async function fail(reason, details) {
     for (const l of relay.tail) lines.push(`    ${l}`);
   }
   process.stderr.write(lines.join("\n") + "\n");
+  for (const fn of failureHooks) {
+    try {
+      await Promise.race([fn(), sleep(10_000)]);
+    } catch (e) {
+      log(`failure hook error: ${e?.stack || e}`);
+    }
+  }
   await runCleanups();
   process.stdout.write(`FAIL: ${reason}\n`);
   process.exit(1);
@@ -323,6 +339,46 @@ export function payload(seq, nonce) {
     text: "tab\there, newline\nthere, \"quoted\" back\\slash /slash/ ünïcödé ✓ 😀 \u2028\u2029",
     nested: { list: [1, 2.5, -3, null, true, false, "", {}], empty: [] },
   };
+}
+
+/** Debian's Chromium (`apt-get install chromium`), or CHROMIUM_BIN. */
+export const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/**
+ * Launches headless CHROMIUM through playwright-core (no browser is ever downloaded) with a fresh
+ * profile, removed on cleanup. Returns the persistent context; it is closed on cleanup.
+ */
+export async function launchChromium(viewport) {
+  if (!existsSync(CHROMIUM)) {
+    await fail(`${CHROMIUM} not found: install chromium (apt-get install chromium)`);
+  }
+  const { chromium } = await import("playwright-core");
+  const userDataDir = mkdtempSync(path.join(os.tmpdir(), "pgcable-chromium-"));
+  onCleanup(async () => rmSync(userDataDir, { recursive: true, force: true }));
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      timeout: 30_000,
+      ...(viewport ? { viewport } : {}),
+    });
+  } catch (e) {
+    await fail(`could not launch ${CHROMIUM}: ${e.message}`);
+  }
+  onCleanup(() => context.close());
+  return context;
 }
 
 /** Reads the inputs every script takes from the environment. */
