@@ -59,6 +59,16 @@ struct Rails {
 
 impl Rails {
     async fn start(redis_url: &str, prefix: &str, database_url: Option<&str>) -> Rails {
+        Rails::start_with(redis_url, prefix, database_url, &[]).await
+    }
+
+    /// With more environment (`REDIS_CA_FILE`).
+    async fn start_with(
+        redis_url: &str,
+        prefix: &str,
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Rails {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ruby/publisher.rb");
         let mut cmd = Command::new("ruby");
         cmd.arg(script)
@@ -72,6 +82,7 @@ impl Rails {
         if let Some(url) = database_url {
             cmd.env("DATABASE_URL", url);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
                 "cannot run ruby: {e} (apt-get install ruby ruby-actioncable ruby-redis ruby-globalid ruby-activerecord ruby-pg; .ci/run does this)"
@@ -851,4 +862,193 @@ async fn check_reports_the_bridge() {
             "a dead bridge is not a no-go:\n{stdout}"
         );
     }
+}
+
+/// Runs a command to completion; panics with its output unless it succeeds.
+async fn run_ok(program: &str, args: &[&str], dir: &std::path::Path) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// TLS: a `redis-server` that speaks only TLS with a certificate of a private CA. The relay
+/// (the `pgcable serve` binary, trusting that CA through `SSL_CERT_FILE`) subscribes over
+/// `rediss://`, the Rails publisher publishes over TLS too (`ssl_params: {ca_file:}`), and the
+/// client gets Rails' bytes.
+#[tokio::test]
+async fn tls_redis_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("pgcable-tls-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .expect("ext file");
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=pgcable test CA",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ][..],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+        ][..],
+    ] {
+        run_ok("openssl", args, &dir).await;
+    }
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    let port = free();
+    let _redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run redis-server: {e}"));
+    let ca = dir.join("ca.pem");
+    let ca = ca.to_str().expect("path");
+    let mut answered = false;
+    for _ in 0..100 {
+        let ping = Command::new("redis-cli")
+            .args([
+                "--tls",
+                "--cacert",
+                ca,
+                "-h",
+                "localhost",
+                "-p",
+                &port.to_string(),
+                "ping",
+            ])
+            .output()
+            .await;
+        if ping.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        answered,
+        "the TLS redis-server did not answer (is redis-server built with TLS?)"
+    );
+
+    let url = format!("rediss://localhost:{port}/0");
+    let prefix = fresh_prefix();
+    let db = TestDb::create().await;
+    let listen = format!("127.0.0.1:{}", free());
+    let addr: std::net::SocketAddr = listen.parse().expect("addr");
+    let _relay = Command::new(env!("CARGO_BIN_EXE_pgcable"))
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("DEVISE_JWT_SECRET_KEY", common::SECRET)
+        .env("PGCABLE_LISTEN", &listen)
+        .env("PGCABLE_REDIS_URL", &url)
+        .env("PGCABLE_REDIS_CHANNEL_PREFIX", &prefix)
+        .env("SSL_CERT_FILE", ca)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("pgcable serve");
+    let mut up = false;
+    for _ in 0..200 {
+        // (http_get fails the test on a refused connection: wait for the port first.)
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            let (_, ready) = http_get(addr, "/ready").await;
+            if ready.contains(r#""bridge":true"#) {
+                up = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "the relay's bridge did not subscribe over TLS");
+
+    let mut rails = Rails::start_with(&url, &prefix, None, &[("REDIS_CA_FILE", ca)]).await;
+    let user = db.user(false).await;
+    let campaign = db.campaign(user).await;
+    let mut c = Cable::welcomed(addr, &token(user)).await;
+    let ident = campaign_channel(campaign);
+    c.subscribed(&ident).await;
+    let want = rails
+        .broadcast(
+            &format!("campaign_{campaign}"),
+            json!({"over": "tls", "html": "<b>&</b>"}),
+            &ident,
+        )
+        .await;
+    assert_eq!(c.next_text().await, want);
 }

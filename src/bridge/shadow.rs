@@ -349,9 +349,10 @@ impl Matcher {
                 self.pending.insert(slot, keep);
             }
         }
-        // Forget what is older than a window.
+        // Forget what can no longer matter: a Rails message is a duplicate of one seen up to a
+        // window before it, and is classified a window after it arrived.
         self.recent_rails.retain(|_, seen| {
-            seen.retain(|(_, at)| now.duration_since(*at) < window);
+            seen.retain(|(_, at)| now.duration_since(*at) < window * 2);
             !seen.is_empty()
         });
         self.rails_heard
@@ -365,8 +366,10 @@ impl Matcher {
         let (outcome, reason) = match entry.side {
             Side::Rails => {
                 let duplicate = self.recent_rails.get(slot).is_some_and(|seen| {
-                    seen.iter()
-                        .any(|(v, _)| first_difference(&parse(v), &value).is_none())
+                    seen.iter().any(|(v, at)| {
+                        entry.at.saturating_duration_since(*at) < self.window
+                            && first_difference(&parse(v), &value).is_none()
+                    })
                 });
                 let no_op = slot.2.is_some()
                     && self
@@ -954,11 +957,13 @@ mod tests {
             .expect("match");
         assert_eq!(f.outcome, Outcome::Match);
         assert_eq!(f.entity.as_deref(), Some("c1"));
-        // A Rails duplicate: rails-only, explained.
+        // A Rails duplicate half a window later: rails-only, explained, even though the
+        // original is more than a window old when the duplicate's own window ends.
         assert!(m
-            .add(Side::Rails, S, "character", a.clone(), t, false)
+            .add(Side::Rails, S, "character", a.clone(), t + w / 2, false)
             .is_none());
-        let done = m.expire(t + w);
+        assert!(m.expire(t + w).is_empty());
+        let done = m.expire(t + w / 2 + w);
         assert_eq!(done.len(), 1);
         assert_eq!(
             (done[0].outcome, done[0].reason),

@@ -30,7 +30,8 @@
 #   {"op":"quit"}
 #
 # Answers are {"ok":true,…} or {"ok":false,"error":…}. Inputs: REDIS_URL (default
-# redis://127.0.0.1:6379/0), CHANNEL_PREFIX, APP_NAME (GlobalID app, default shot-server).
+# redis://127.0.0.1:6379/0; rediss:// for TLS, with REDIS_CA_FILE for a private CA),
+# CHANNEL_PREFIX, APP_NAME (GlobalID app, default shot-server).
 
 require "json"
 require "logger"
@@ -81,6 +82,8 @@ Redis.prepend(RecordPublish)
 
 cable = { adapter: "redis", url: REDIS_URL }
 cable[:channel_prefix] = PREFIX unless PREFIX.empty?
+# TLS (rediss://) with a private CA, as a cable.yml would say `ssl_params: { ca_file: … }`.
+cable[:ssl_params] = { ca_file: ENV["REDIS_CA_FILE"] } if ENV["REDIS_CA_FILE"]
 ActionCable.server.config.tap do |config|
   # What Rails' engine does with config/cable.yml.
   config.cable = cable.with_indifferent_access
