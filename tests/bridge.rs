@@ -6,7 +6,8 @@
 //! script with ActiveSupport::JSON, and compared byte for byte with what pgcable sends.
 //!
 //! Needs Redis at 127.0.0.1:6379 (`.ci/run` starts `redis-server` if none answers),
-//! `redis-server` on the PATH, and `ruby` with ActionCable, redis, globalid, ActiveRecord and pg
+//! `redis-server` and `redis-cli` on the PATH (built with TLS, as Debian's are), `openssl`, and
+//! `ruby` with ActionCable, redis, globalid, ActiveRecord and pg
 //! (Debian: `apt-get install ruby-actioncable ruby-redis ruby-globalid ruby-activerecord
 //! ruby-pg`), besides Postgres (see `common`). Each test uses a channel prefix of its own, so
 //! tests never see each other's messages.

@@ -144,7 +144,13 @@ pub async fn run(state: Arc<State>, bridge: Bridge, mut shutdown: Shutdown) {
             state.metrics.bridge_reconnect();
             tracing::info!(pattern = %bridge.pattern, "bridge: Redis is back, subscribed again");
         } else {
-            tracing::info!(pattern = %bridge.pattern, "bridge: subscribed to the Rails cable's Redis");
+            let skip: Vec<&str> = bridge.config.skip.labels().collect();
+            tracing::info!(
+                pattern = %bridge.pattern,
+                skip = %skip.join(","),
+                shadow = bridge.config.shadow_window.is_some(),
+                "bridge: subscribed to the Rails cable's Redis"
+            );
         }
         was_up = true;
         state.bridge_up.store(true, Ordering::Relaxed);
