@@ -138,7 +138,6 @@ pub async fn run(state: Arc<State>, bridge: Bridge, mut shutdown: Shutdown) {
                 continue;
             }
         };
-        backoff = FIRST_BACKOFF;
         failures = 0;
         if was_up {
             state.metrics.bridge_reconnect();
@@ -156,6 +155,7 @@ pub async fn run(state: Arc<State>, bridge: Bridge, mut shutdown: Shutdown) {
         state.bridge_up.store(true, Ordering::Relaxed);
         state.metrics.bridge_up(true);
 
+        let since = tokio::time::Instant::now();
         let lost = serve(&state, &bridge, pubsub, &mut shutdown).await;
 
         state.bridge_up.store(false, Ordering::Relaxed);
@@ -166,6 +166,13 @@ pub async fn run(state: Arc<State>, bridge: Bridge, mut shutdown: Shutdown) {
                 reason = %why,
                 "bridge: lost the Redis subscription; Rails broadcasts are not delivered until it is back (reconnecting)"
             ),
+        }
+        // A subscription that held a while: try again at once. One that was dropped as soon
+        // as it was made (a Redis that accepts, then closes): back off as after a failure.
+        if since.elapsed() >= MAX_BACKOFF {
+            backoff = FIRST_BACKOFF;
+        } else if sleep_or_stop(&mut shutdown, &mut backoff).await {
+            return;
         }
     }
 }
