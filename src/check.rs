@@ -42,6 +42,18 @@ pub struct CheckArgs {
     /// The JWT secret `serve` will use (only whether it is set is checked).
     #[arg(long, env = "DEVISE_JWT_SECRET_KEY", hide_env_values = true)]
     pub devise_jwt_secret_key: Option<String>,
+
+    /// The Redis of the Rails bridge `serve` will use, if any.
+    #[arg(long, env = "PGCABLE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// The Rails cable's channel prefix.
+    #[arg(
+        long,
+        env = "PGCABLE_REDIS_CHANNEL_PREFIX",
+        default_value = "shot_server_production"
+    )]
+    pub redis_channel_prefix: String,
 }
 
 /// The outcome of one check.
@@ -142,7 +154,35 @@ pub async fn run(args: &CheckArgs) -> Vec<Finding> {
         }
     }
     findings.push(secret(args.devise_jwt_secret_key.as_deref()));
+    findings.push(bridge(args).await);
     findings
+}
+
+/// The Rails bridge: off, or its Redis answers a pattern subscription. A bridge that cannot
+/// subscribe is degraded service (only Rails' broadcasts are missing), so a warning.
+async fn bridge(args: &CheckArgs) -> Finding {
+    const NAME: &str = "bridge";
+    let Some(url) = args.redis_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+        return Finding::new(NAME, Verdict::Ok, "off (PGCABLE_REDIS_URL is not set)");
+    };
+    let mut config = crate::config::BridgeConfig::new(url.trim());
+    config.channel_prefix = args.redis_channel_prefix.clone();
+    let bridge = match crate::bridge::Bridge::new(config) {
+        Ok(b) => b,
+        Err(e) => return Finding::new(NAME, Verdict::Fail, e),
+    };
+    match bridge.probe().await {
+        Ok(()) => Finding::new(
+            NAME,
+            Verdict::Ok,
+            format!("subscribed to {} on the Rails cable's Redis", bridge.pattern()),
+        ),
+        Err(e) => Finding::new(
+            NAME,
+            Verdict::Warn,
+            format!("cannot subscribe to {}: {e}; the relay serves without Rails' broadcasts until Redis answers", bridge.pattern()),
+        ),
+    }
 }
 
 /// Opens a connection with `target`'s settings, driven by a task of its own.

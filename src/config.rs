@@ -1,11 +1,13 @@
 //! Every setting of the relay in one struct, read once from flags and the environment.
 //!
-//! Owns parsing and validation of configuration; calls nothing else.
+//! Owns parsing and validation of configuration; calls only the bridge's skip-rule parser.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+
+use crate::bridge::skip::{SkipRules, DEFAULT_SKIP};
 
 /// Default database: the local server with trust auth, as on a developer machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -88,6 +90,32 @@ pub struct ServeArgs {
     /// Reject users whose `active` is false.
     #[arg(long, env = "PGCABLE_REQUIRE_ACTIVE_USER", default_value_t = false)]
     pub require_active_user: bool,
+
+    /// Redis the Rails app's ActionCable publishes to (its `config/cable.yml` url); unset: no
+    /// bridge.
+    #[arg(long, env = "PGCABLE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// The Rails cable's `channel_prefix`; empty means none.
+    #[arg(
+        long,
+        env = "PGCABLE_REDIS_CHANNEL_PREFIX",
+        default_value = "shot_server_production"
+    )]
+    pub redis_channel_prefix: String,
+
+    /// Rails messages the bridge does not forward because pgcable's own feed sends them
+    /// (`kind:key` or `kind:key=value`, comma-separated; empty forwards everything).
+    #[arg(long, env = "PGCABLE_BRIDGE_SKIP", default_value = DEFAULT_SKIP)]
+    pub bridge_skip: String,
+
+    /// Compare the skipped Rails messages with pgcable's own (needs PGCABLE_REDIS_URL).
+    #[arg(long, env = "PGCABLE_SHADOW", default_value_t = false)]
+    pub shadow: bool,
+
+    /// Seconds a message waits for its counterpart from the other side in shadow mode.
+    #[arg(long, env = "PGCABLE_SHADOW_WINDOW_SECS", default_value_t = 10)]
+    pub shadow_window_secs: u64,
 }
 
 /// Validated settings the running relay uses.
@@ -110,10 +138,37 @@ pub struct Config {
     pub require_exp: bool,
     pub check_jti: bool,
     pub require_active_user: bool,
+    /// The bridge from the Rails cable's Redis; `None` when off.
+    pub bridge: Option<BridgeConfig>,
     /// The live page's data endpoint `GET /demo/state`: set only by `pgcable dev`. `None` (the
     /// default, and always for `serve`) leaves the route unserved (404), so a production relay
     /// never hands out rows over plain HTTP.
     pub demo: Option<crate::dev::Demo>,
+}
+
+/// Settings of the Rails bridge (bridge.md §2) and of shadow mode (§3).
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// `redis://…` of the Rails cable.
+    pub redis_url: String,
+    /// `channel_prefix` of the Rails cable (empty: none).
+    pub channel_prefix: String,
+    /// Messages not forwarded (the feed sends them).
+    pub skip: SkipRules,
+    /// Shadow mode's window; `None` when shadow mode is off.
+    pub shadow_window: Option<Duration>,
+}
+
+impl BridgeConfig {
+    /// A bridge to `redis_url` with the default prefix and skip rules, shadow mode off.
+    pub fn new(redis_url: &str) -> BridgeConfig {
+        BridgeConfig {
+            redis_url: redis_url.to_string(),
+            channel_prefix: "shot_server_production".into(),
+            skip: SkipRules::default(),
+            shadow_window: None,
+        }
+    }
 }
 
 impl Config {
@@ -137,6 +192,27 @@ impl Config {
         if args.outbox_bytes < 4096 {
             return Err("PGCABLE_OUTBOX_BYTES must be at least 4096".into());
         }
+        let skip =
+            SkipRules::parse(&args.bridge_skip).map_err(|e| format!("PGCABLE_BRIDGE_SKIP: {e}"))?;
+        let bridge = match args.redis_url.filter(|u| !u.trim().is_empty()) {
+            Some(redis_url) => {
+                if args.shadow && args.shadow_window_secs == 0 {
+                    return Err("PGCABLE_SHADOW_WINDOW_SECS must be at least 1".into());
+                }
+                Some(BridgeConfig {
+                    redis_url: redis_url.trim().to_string(),
+                    channel_prefix: args.redis_channel_prefix,
+                    skip,
+                    shadow_window: args
+                        .shadow
+                        .then(|| Duration::from_secs(args.shadow_window_secs)),
+                })
+            }
+            None if args.shadow => {
+                return Err("PGCABLE_SHADOW=true needs the bridge: set PGCABLE_REDIS_URL to the Redis the Rails cable publishes to".into())
+            }
+            None => None,
+        };
         Ok(Config {
             database_url: args.db.database_url,
             jwt_secret,
@@ -155,6 +231,7 @@ impl Config {
             require_exp: args.require_exp,
             check_jti: args.check_jti,
             require_active_user: args.require_active_user,
+            bridge,
             demo: None,
         })
     }
@@ -179,6 +256,7 @@ impl Config {
             require_exp: false,
             check_jti: false,
             require_active_user: false,
+            bridge: None,
             demo: None,
         }
     }

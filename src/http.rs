@@ -1,6 +1,6 @@
-//! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`, `/demo` (the
-//! static live page of `pgcable dev`, [`crate::dev::DEMO_HTML`]) and, only under `pgcable dev`,
-//! the page's data `/demo/state` ([`crate::demo_state`]).
+//! HTTP routes: `/cable` (the WebSocket), `/health`, `/ready`, `/metrics`, `/shadow` (shadow
+//! mode's summary), `/demo` (the static live page of `pgcable dev`, [`crate::dev::DEMO_HTML`])
+//! and, only under `pgcable dev`, the page's data `/demo/state` ([`crate::demo_state`]).
 //!
 //! Owns the HTTP/1.1 connections (accepting, the header-read timeout, graceful stop), the
 //! handshake rules of protocol.md §1 (subprotocol, origin, 404s) and the operator endpoints.
@@ -119,6 +119,14 @@ pub fn routes(
         .map(|state: Arc<State>| {
             let listener = state.listening.load(Ordering::Relaxed);
             let triggers = state.triggers_current.load(Ordering::Relaxed);
+            // The bridge is degraded service, not an outage: it never makes the relay unready.
+            let bridge = match state.config.bridge {
+                Some(_) => format!(
+                    r#","bridge":{}"#,
+                    state.bridge_up.load(Ordering::Relaxed)
+                ),
+                None => String::new(),
+            };
             let ok = listener && triggers;
             let status = if ok {
                 StatusCode::OK
@@ -127,8 +135,21 @@ pub fn routes(
             };
             json_reply(
                 status,
-                format!(r#"{{"ready":{ok},"listener":{listener},"triggers_current":{triggers}}}"#),
+                format!(
+                    r#"{{"ready":{ok},"listener":{listener},"triggers_current":{triggers}{bridge}}}"#
+                ),
             )
+        });
+    let shadow = warp::path("shadow")
+        .and(warp::path::end())
+        .and(with_state.clone())
+        .map(|state: Arc<State>| match &state.shadow {
+            Some(shadow) => json_reply(StatusCode::OK, shadow.summary().to_string()),
+            None => json_reply(
+                StatusCode::NOT_FOUND,
+                r#"{"enabled":false,"error":"shadow mode is off: set PGCABLE_SHADOW=true (with PGCABLE_REDIS_URL)"}"#
+                    .to_string(),
+            ),
         });
     let metrics = warp::path("metrics")
         .and(warp::path::end())
@@ -170,6 +191,8 @@ pub fn routes(
                 .or(ready)
                 .unify()
                 .or(metrics)
+                .unify()
+                .or(shadow)
                 .unify()
                 .or(demo)
                 .unify()

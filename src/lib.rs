@@ -1,8 +1,11 @@
 //! pgcable: a Postgres change-feed relay that speaks ActionCable.
 //!
 //! Data flows one way: trigger → `NOTIFY` → [`feed`] → [`render`] → [`hub`] → [`cable`] → client.
+//! A second input joins at the hub during a migration: the Rails app's ActionCable broadcasts
+//! (Redis) → [`bridge`] → [`hub`], delivered exactly like the feed's.
 //! [`server`] wires the stations together and owns shutdown; [`http`] serves the routes.
 
+pub mod bridge;
 pub mod cable;
 pub mod check;
 pub mod config;

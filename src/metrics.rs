@@ -164,4 +164,49 @@ impl Metrics {
         gauge!("pgcable_streams").set(streams as f64);
         gauge!("pgcable_subscriptions").set(subscriptions as f64);
     }
+
+    /// A message arrived from the Rails cable's Redis.
+    pub fn bridge_received(&self) {
+        counter!("pgcable_bridge_received_total").increment(1);
+    }
+
+    /// What the bridge did with a Rails message: `forwarded`, `skipped` (the feed sends it),
+    /// `invalid` (not JSON, not UTF-8), `disconnect` (a remote disconnect) or `ignored` (an
+    /// internal message for another app or of another type).
+    pub fn bridge_message(&self, outcome: &'static str) {
+        counter!("pgcable_bridge_messages_total", "outcome" => outcome).increment(1);
+    }
+
+    /// Whether the bridge holds a live Redis subscription.
+    pub fn bridge_up(&self, up: bool) {
+        gauge!("pgcable_bridge_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// The bridge subscribed again after losing Redis.
+    pub fn bridge_reconnect(&self) {
+        counter!("pgcable_bridge_reconnects_total").increment(1);
+    }
+
+    /// A shadow comparison ended: `match`, `mismatch`, `rails_only` or `pgcable_only`, for a
+    /// skip-rule `key` (`character`, `type=fight_ended`, …).
+    pub fn shadow(&self, outcome: &'static str, key: &str) {
+        counter!("pgcable_shadow_total", "outcome" => outcome, "key" => key.to_string())
+            .increment(1);
+    }
+
+    /// A `rails_only` or `pgcable_only` outcome with a known, expected reason.
+    pub fn shadow_explained(&self, outcome: &'static str, key: &str, reason: &'static str) {
+        counter!(
+            "pgcable_shadow_explained_total",
+            "outcome" => outcome,
+            "key" => key.to_string(),
+            "reason" => reason
+        )
+        .increment(1);
+    }
+
+    /// Shadow mode fell behind and dropped a message uncompared.
+    pub fn shadow_dropped(&self) {
+        counter!("pgcable_shadow_dropped_total").increment(1);
+    }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::bridge::shadow::Shadow;
+use crate::bridge::{self, Bridge};
 use crate::cable::auth::AuthPolicy;
 use crate::cable::channels::Access;
 use crate::cable::connection::unix_now;
@@ -68,6 +70,17 @@ pub async fn start(config: Config) -> Result<Server, String> {
         Err(_) => false,
     };
     let metrics = Metrics::install();
+    let bridge = match config.bridge.clone() {
+        Some(b) => Some(Bridge::new(b)?),
+        None => None,
+    };
+    let shadow = config.bridge.as_ref().and_then(|b| {
+        Some(Shadow::new(
+            b.shadow_window?,
+            b.skip.clone(),
+            metrics.clone(),
+        ))
+    });
     let hub = Arc::new(Hub::new());
     let (pings, _) = watch::channel(unix_now());
     let presence = Presence::start(pool.clone(), hub.clone(), config.imagekit_endpoint.clone());
@@ -89,6 +102,8 @@ pub async fn start(config: Config) -> Result<Server, String> {
         pings,
         listening: AtomicBool::new(false),
         triggers_current: AtomicBool::new(current),
+        bridge_up: AtomicBool::new(false),
+        shadow,
         config,
     });
 
@@ -108,6 +123,16 @@ pub async fn start(config: Config) -> Result<Server, String> {
     tokio::spawn(feed::clean_stored(state.clone(), shutdown.clone()));
     tokio::spawn(tick(state.clone(), shutdown.clone()));
     tokio::spawn(watch_queue(state.clone(), shutdown.clone()));
+    if let Some(bridge) = bridge {
+        if let Some(shadow) = state.shadow.clone() {
+            tokio::spawn(bridge::shadow::run(
+                shadow,
+                state.hub.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tokio::spawn(bridge::run(state.clone(), bridge, shutdown.clone()));
+    }
 
     let serve = http::serve(listener, state.clone(), shutdown.clone());
     let task = tokio::spawn(drive(state.clone(), serve, shutdown));

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::bridge::shadow::Shadow;
 use crate::cable::auth::AuthPolicy;
 use crate::cable::channels::Access;
 use crate::cable::presence::Presence;
@@ -40,4 +41,8 @@ pub struct State {
     pub listening: AtomicBool,
     /// Whether the installed triggers match this binary (checked at start-up and on reconnect).
     pub triggers_current: AtomicBool,
+    /// Whether the Rails bridge holds a live Redis subscription (false when it is off).
+    pub bridge_up: AtomicBool,
+    /// Shadow mode, when on.
+    pub shadow: Option<Arc<Shadow>>,
 }

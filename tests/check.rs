@@ -30,6 +30,7 @@ fn check(url: &str, secret: Option<&str>) -> Report {
     cmd.arg("check")
         .env("DATABASE_URL", url)
         .env_remove("DEVISE_JWT_SECRET_KEY")
+        .env_remove("PGCABLE_REDIS_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -59,7 +60,9 @@ async fn healthy_database_is_a_go() {
     let db = TestDb::create().await;
     let r = check(&db.url, Some(LONG_SECRET));
     assert_eq!(r.code, 0, "{}", r.stdout);
-    for name in ["connect", "triggers", "listen", "pooler", "queue", "secret"] {
+    for name in [
+        "connect", "triggers", "listen", "pooler", "queue", "secret", "bridge",
+    ] {
         assert!(r.line(name).starts_with("ok "), "{}", r.stdout);
     }
     assert!(r

@@ -9,6 +9,9 @@
 //! * `live_auth.mjs`: live authorization: each revoking change disconnects, the client comes
 //!   back by itself and the forbidden subscription is rejected; a grant is seen at once;
 //! * `encounter.mjs`: live combat in Node: a `psql` UPDATE of a shot arrives as one encounter;
+//! * `bridge.mjs`: the Rails bridge: Debian's ActionCable (`tests/ruby/publisher.rb`) publishes
+//!   through Redis, the client gets Rails' exact bytes and Rails' remote disconnects (needs Redis
+//!   at 127.0.0.1:6379 and the Ruby packages of `tests/bridge.rs`);
 //! * `browser.mjs`: the client in headless Chromium (Debian's `/usr/bin/chromium`, driven by
 //!   `playwright-core`; `apt-get install chromium`).
 //!
@@ -99,6 +102,13 @@ async fn official_client_in_chromium() {
 #[tokio::test]
 async fn official_client_receives_an_encounter() {
     run_script("encounter.mjs").await;
+}
+
+/// The Rails bridge with the official client in Node: Rails' broadcasts through Redis arrive
+/// with Rails' bytes, the feed's own are not doubled, a remote disconnect reconnects.
+#[tokio::test]
+async fn official_client_receives_rails_broadcasts() {
+    run_script("bridge.mjs").await;
 }
 
 /// Live authorization with the official client in Node: revocations and a grant.

@@ -25,7 +25,7 @@ use self::event::{AccessChange, Action, Event, Table};
 use self::listener::Item;
 use self::queue::earliest;
 use crate::cable::frame::DisconnectReason;
-use crate::render::json::reencode;
+use crate::render::json::{reencode, JsonError};
 use crate::state::State;
 
 /// Reads items from the listener and acts on each, in order, until the listener is gone.
@@ -172,12 +172,19 @@ fn ignored(state: &State, error: &str) {
 
 /// Encodes a message the Rails way once and hands it to the hub.
 pub fn broadcast(state: &State, stream: &str, message_json: &str) {
-    let mut encoded = String::with_capacity(message_json.len() + 16);
-    if let Err(e) = reencode(&mut encoded, message_json) {
-        tracing::warn!(%stream, error = %e, "broadcast dropped: message is not valid JSON");
-        return;
+    match encode(message_json) {
+        Ok(encoded) => send_encoded(state, stream, encoded),
+        Err(e) => {
+            tracing::warn!(%stream, error = %e, "broadcast dropped: message is not valid JSON")
+        }
     }
-    send_encoded(state, stream, Arc::from(encoded));
+}
+
+/// A message's JSON as Rails' cable would re-encode it (decoded, then ActiveSupport-encoded).
+pub fn encode(message_json: &str) -> Result<Arc<str>, JsonError> {
+    let mut encoded = String::with_capacity(message_json.len() + 16);
+    reencode(&mut encoded, message_json)?;
+    Ok(Arc::from(encoded))
 }
 
 /// Hands an already encoded message to the hub.

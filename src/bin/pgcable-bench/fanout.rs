@@ -3,7 +3,9 @@
 //!
 //! Variants: `pipe` is `SELECT pgcable.broadcast(...)` (for Rails: `SELECT pg_notify(...)` on
 //! the channel its postgresql adapter listens on, which is the stream name itself below 64
-//! characters); `row` is an UPDATE of a character, which pgcable re-reads and renders. The
+//! characters); `row` is an UPDATE of a character, which pgcable re-reads and renders;
+//! `bridge` is a Redis `PUBLISH <prefix>:campaign_<id>` as Rails' ActionCable Redis adapter
+//! does it, which pgcable's bridge delivers (measured from sending the PUBLISH). The
 //! commit is stamped right after the writer's statement (autocommit) returns; every receipt is
 //! stamped by the worker as its frame is parsed. Each change waits until every subscriber has
 //! it (or a timeout), then a short gap, then the next.
@@ -29,6 +31,8 @@ pub enum Variant {
     Pipe,
     /// An UPDATE of a character row: re-read and rendered by pgcable.
     Row,
+    /// A Redis PUBLISH on the Rails cable's channel, delivered by pgcable's bridge.
+    Bridge,
 }
 
 impl Variant {
@@ -37,6 +41,7 @@ impl Variant {
         match self {
             Variant::Pipe => "pipe",
             Variant::Row => "row",
+            Variant::Bridge => "bridge",
         }
     }
 
@@ -47,12 +52,38 @@ impl Variant {
     }
 }
 
+/// The Redis side of the `bridge` variant: a connection and the channel Rails would publish to.
+pub struct Publisher {
+    conn: redis::aio::MultiplexedConnection,
+    channel: String,
+}
+
+impl Publisher {
+    /// Connects to `url`; messages go to `<prefix>:campaign_<campaign>`.
+    pub async fn connect(url: &str, prefix: &str, db: &BenchDb) -> Result<Publisher, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL {url}: {e}"))?;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| format!("Redis at {url} did not answer"))?
+        .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
+        Ok(Publisher {
+            conn,
+            channel: format!("{prefix}:campaign_{}", db.campaign),
+        })
+    }
+}
+
 /// The writer session that makes the changes.
 pub struct Writer {
     client: Client,
     broadcast: Statement,
     notify: Statement,
     update: Statement,
+    /// For the `bridge` variant.
+    pub publisher: Option<Publisher>,
 }
 
 impl Writer {
@@ -77,13 +108,14 @@ impl Writer {
             broadcast,
             notify,
             update,
+            publisher: None,
         })
     }
 
     /// Makes change `seq` in a transaction of its own and returns when its COMMIT was sent and
     /// when it was acknowledged (ns).
     pub async fn fire(
-        &self,
+        &mut self,
         kind: Kind,
         variant: Variant,
         seq: u32,
@@ -95,6 +127,21 @@ impl Writer {
         let name = format!("bench-{seq}");
         let row = db.rows[seq as usize % db.rows.len()];
         let fail = |e: tokio_postgres::Error| format!("writer: {e}");
+        if variant == Variant::Bridge {
+            let p = self
+                .publisher
+                .as_mut()
+                .ok_or("bridge: no Redis connection")?;
+            let sent = now_ns();
+            let receivers: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(&p.channel)
+                .arg(&message)
+                .query_async(&mut p.conn)
+                .await;
+            let acked = now_ns();
+            receivers.map_err(|e| format!("bridge: PUBLISH failed: {e}"))?;
+            return Ok((sent, acked));
+        }
         self.client.batch_execute("BEGIN").await.map_err(fail)?;
         let change = match (variant, kind) {
             (Variant::Pipe, Kind::Rails) => {
@@ -107,7 +154,9 @@ impl Writer {
                     .execute(&self.broadcast, &[&stream, &message])
                     .await
             }
-            (Variant::Row, _) => self.client.execute(&self.update, &[&name, &row]).await,
+            (Variant::Row | Variant::Bridge, _) => {
+                self.client.execute(&self.update, &[&name, &row]).await
+            }
         };
         if let Err(e) = change {
             let _ = self.client.batch_execute("ROLLBACK").await;
@@ -169,7 +218,7 @@ pub async fn measure(
     ctx: &Ctx,
     target: &Target,
     fleet: &mut Fleet,
-    writer: &Writer,
+    writer: &mut Writer,
     variant: Variant,
     plan: Plan,
     seq: &mut u32,
@@ -273,7 +322,7 @@ pub async fn run(ctx: &mut Ctx, ns: &[usize], plan: Plan, title: &str) -> Vec<Ro
                 continue;
             }
         };
-        let writer = match Writer::new(&ctx.db).await {
+        let mut writer = match Writer::new(&ctx.db).await {
             Ok(w) => w,
             Err(e) => {
                 ctx.problem(format!("{title}: {e}"));
@@ -281,6 +330,35 @@ pub async fn run(ctx: &mut Ctx, ns: &[usize], plan: Plan, title: &str) -> Vec<Ro
                 continue;
             }
         };
+        if variants.contains(&Variant::Bridge) {
+            let connected = Publisher::connect(&ctx.args.redis_url, &ctx.db.name, &ctx.db).await;
+            match connected {
+                Ok(p) => writer.publisher = Some(p),
+                Err(e) => {
+                    ctx.problem(format!("{title}: {e}"));
+                    target.stop().await;
+                    continue;
+                }
+            }
+            // The relay's bridge subscribes in the background: wait for /ready to say so.
+            let mut up = false;
+            for _ in 0..100 {
+                let ready = crate::targets::http_body(target.addr, "/ready").await;
+                if ready.is_some_and(|r| r.contains(r#""bridge":true"#)) {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !up {
+                ctx.problem(format!(
+                    "{title}: the relay's bridge did not subscribe to {}",
+                    ctx.args.redis_url
+                ));
+                target.stop().await;
+                continue;
+            }
+        }
         let path = match ctx.db.cable_path() {
             Ok(p) => p,
             Err(e) => {
@@ -323,7 +401,7 @@ pub async fn run(ctx: &mut Ctx, ns: &[usize], plan: Plan, title: &str) -> Vec<Ro
                     ctx,
                     &target,
                     &mut fleet,
-                    &writer,
+                    &mut writer,
                     variant,
                     plan,
                     &mut seq,

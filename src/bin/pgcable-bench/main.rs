@@ -5,6 +5,7 @@
 //! cargo run --release --bin pgcable-bench -- all            # everything, < 15 minutes
 //! cargo run --release --bin pgcable-bench -- fanout --n 1000 --changes 20 --target pgcable,floor
 //! cargo run --release --bin pgcable-bench -- connections --n 50000 --json
+//! cargo run --release --bin pgcable-bench -- bridge --n 1000          # Redis PUBLISH → client
 //! ```
 //!
 //! Each run creates its own database (`pgcable_bench_<random>`, dropped at the end), starts the
@@ -64,6 +65,9 @@ enum Command {
     Writer(RunArgs),
     /// Commit-to-client latency with one subscriber.
     Single(RunArgs),
+    /// Rails bridge: Redis PUBLISH (as Rails' ActionCable does) to N subscribers through
+    /// pgcable's bridge, beside pgcable.broadcast at the same N (pgcable only; needs Redis).
+    Bridge(RunArgs),
     /// (internal) The floor server.
     #[command(hide = true)]
     FloorServe {
@@ -156,6 +160,10 @@ pub struct RunArgs {
     /// "-c log_min_duration_statement=0" (for profiling its queries).
     #[arg(long)]
     relay_db_options: Option<String>,
+    /// Bridge: the Redis the relay's bridge subscribes to and the bench publishes on (the
+    /// channel prefix is the bench database's name).
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    redis_url: String,
     /// Where server logs go (default target/pgcable-bench/<time>).
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -177,6 +185,8 @@ pub struct Results {
     pub single: Vec<Round>,
     /// fanout.
     pub fanout: Vec<Round>,
+    /// bridge.
+    pub bridge: Vec<Round>,
     /// connections.
     pub connections: Vec<connections::ConnResult>,
     /// ingest.
@@ -227,12 +237,14 @@ impl Ctx {
             .collect()
     }
 
-    /// Fanout variants to run.
+    /// Fanout variants to run (`bridge` only when named).
     pub fn variants(&self) -> Vec<Variant> {
         let all = self.args.variant.iter().any(|v| v == "all");
-        [Variant::Pipe, Variant::Row]
+        [Variant::Pipe, Variant::Row, Variant::Bridge]
             .into_iter()
-            .filter(|v| all || self.args.variant.iter().any(|x| x == v.name()))
+            .filter(|v| {
+                (all && *v != Variant::Bridge) || self.args.variant.iter().any(|x| x == v.name())
+            })
             .collect()
     }
 
@@ -386,6 +398,44 @@ async fn scenario_fanout(ctx: &mut Ctx) {
         ctx.print(t);
     }
     ctx.results.fanout = rounds;
+}
+
+async fn scenario_bridge(ctx: &mut Ctx) {
+    let ns = if ctx.args.n.is_empty() {
+        vec![1000]
+    } else {
+        ctx.args.n.clone()
+    };
+    let plan = Plan {
+        changes: ctx.args.changes.unwrap_or(100),
+        gap: Duration::from_millis(25),
+        change_timeout: Duration::from_secs(30),
+        budget: Duration::from_secs(ctx.args.budget),
+    };
+    let saved = (ctx.args.target.clone(), ctx.args.variant.clone());
+    ctx.args.target = vec!["pgcable".into()];
+    ctx.args.variant = vec!["pipe".into(), "bridge".into()];
+    let bridge_env = [
+        ("PGCABLE_REDIS_URL".to_string(), ctx.args.redis_url.clone()),
+        (
+            "PGCABLE_REDIS_CHANNEL_PREFIX".to_string(),
+            ctx.db.name.clone(),
+        ),
+    ];
+    ctx.env.relay_env.extend(bridge_env.iter().cloned());
+    let rounds = fanout::run(ctx, &ns, plan, "bridge").await;
+    ctx.env.relay_env.retain(|e| !bridge_env.contains(e));
+    (ctx.args.target, ctx.args.variant) = saved;
+    // The first table only: the p99 ratios against floor and Rails do not apply here.
+    for mut t in fanout::tables(&rounds, "bridge").into_iter().take(1) {
+        t.note(
+            "bridge: from sending PUBLISH <prefix>:campaign_<id> (the message Rails' ActionCable Redis adapter \
+             publishes) to each client's receipt; pipe: from sending the COMMIT of pgcable.broadcast. \
+             Same relay process, same N subscribers, same message.",
+        );
+        ctx.print(t);
+    }
+    ctx.results.bridge = rounds;
 }
 
 async fn scenario_connections(ctx: &mut Ctx) {
@@ -630,9 +680,11 @@ async fn run(which: &str, args: RunArgs) -> Result<Results, String> {
             "connections" => scenario_connections(&mut ctx).await,
             "ingest" => scenario_ingest(&mut ctx).await,
             "writer" => scenario_writer(&mut ctx).await,
+            "bridge" => scenario_bridge(&mut ctx).await,
             _ => {
                 scenario_single(&mut ctx).await;
                 scenario_fanout(&mut ctx).await;
+                scenario_bridge(&mut ctx).await;
                 scenario_connections(&mut ctx).await;
                 scenario_ingest(&mut ctx).await;
                 scenario_writer(&mut ctx).await;
@@ -725,6 +777,7 @@ fn main() -> ExitCode {
         Command::Ingest(a) => ("ingest", a),
         Command::Writer(a) => ("writer", a),
         Command::Single(a) => ("single", a),
+        Command::Bridge(a) => ("bridge", a),
     };
     let json = args.json;
     match runtime.block_on(run(which, args)) {
