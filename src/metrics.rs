@@ -136,6 +136,11 @@ impl Metrics {
         histogram!("pgcable_encounter_render_seconds").record(took.as_secs_f64());
     }
 
+    /// A render found the state the last encounter sent already showed: nothing was sent.
+    pub fn encounter_unchanged(&self) {
+        counter!("pgcable_encounters_unchanged_total").increment(1);
+    }
+
     /// An encounter went to the hub.
     pub fn encounter_sent(&self) {
         counter!("pgcable_encounters_total").increment(1);

@@ -8,6 +8,8 @@
 //! `{"character":…}` and its reload before the encounter they belong to.
 //! Calls the render station (through the coalescer's snapshot read), the pool and the hub.
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +49,10 @@ pub struct Encounters {
     queue: Mutex<Queue<Uuid, Work>>,
     wake: Notify,
     ledger: Arc<Ledger>,
+    /// Per active fight, the campaign and a hash of the last encounter sent: a render that
+    /// finds the same state again (a change already shown by an earlier render) sends nothing,
+    /// so each state goes out once.
+    last_sent: Mutex<HashMap<Uuid, (Uuid, u64)>>,
 }
 
 impl Encounters {
@@ -57,6 +63,7 @@ impl Encounters {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             ledger,
+            last_sent: Mutex::new(HashMap::new()),
         });
         let fights = this.clone();
         let waker = this.clone();
@@ -75,7 +82,7 @@ impl Encounters {
                     let fights = fights.clone();
                     let state = state.clone();
                     async move {
-                        let retry = process(&state, &batch).await;
+                        let retry = process(&state, &fights, &batch).await;
                         fights
                             .lock()
                             .done(batch.iter().map(|(id, _)| *id), HOT_FIGHT);
@@ -140,7 +147,11 @@ impl Encounters {
 
 /// Renders a batch and sends each active fight's encounter to its campaign. Returns the
 /// fights to try again (the read failed).
-async fn process(state: &State, batch: &[(Uuid, Work)]) -> Vec<(Uuid, Work)> {
+async fn process(
+    state: &State,
+    fights: &Encounters,
+    batch: &[(Uuid, Work)],
+) -> Vec<(Uuid, Work)> {
     let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
     let started = std::time::Instant::now();
     let mut loaded = match reread(state, Read::Encounters(&ids)).await {
@@ -164,6 +175,15 @@ async fn process(state: &State, batch: &[(Uuid, Work)]) -> Vec<(Uuid, Work)> {
     for (id, work) in batch {
         match loaded.rows.remove(id) {
             Some((Some(campaign), Some(payload))) => {
+                let mut hasher = DefaultHasher::new();
+                payload.hash(&mut hasher);
+                let sent = (campaign, hasher.finish());
+                let mut last = fights.last_sent.lock().unwrap_or_else(|p| p.into_inner());
+                if last.insert(*id, sent) == Some(sent) {
+                    state.metrics.encounter_unchanged();
+                    continue;
+                }
+                drop(last);
                 let mut message = String::with_capacity(payload.len() + 14);
                 message.push_str("{\"encounter\":");
                 message.push_str(&payload);
@@ -174,8 +194,14 @@ async fn process(state: &State, batch: &[(Uuid, Work)]) -> Vec<(Uuid, Work)> {
             }
             // Logged by the renderer.
             Some(_) => {}
-            // Not active (or gone): no encounter.
-            None => {}
+            // Not active (or gone): no encounter, and nothing to remember.
+            None => {
+                fights
+                    .last_sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+            }
         }
     }
     Vec::new()
