@@ -505,6 +505,8 @@ CREATE UNIQUE INDEX index_chase_relationships_unique_active
 CREATE INDEX index_advancements_on_character_id ON advancements (character_id);
 CREATE INDEX index_carries_on_character_id      ON carries (character_id);
 CREATE INDEX index_memberships_on_character_id  ON memberships (character_id);
+CREATE INDEX index_character_effects_on_shot_id ON character_effects (shot_id);
+CREATE INDEX index_chase_relationships_on_fight_id ON chase_relationships (fight_id);
 
 -- ---------------------------------------------------------------------------------------------
 -- Circular / forward foreign keys on users

@@ -167,6 +167,16 @@ async fn trigger_state(client: &Client) -> Finding {
     let expected = triggers::VERSION;
     let problem = match version {
         None => format!("not installed in this database: {install}"),
+        Some(v) if v < expected && triggers::usable(v) => {
+            return Finding::new(
+                NAME,
+                Verdict::Warn,
+                format!(
+                    "installed version {v} is older than this binary's ({expected}): the relay works, but {} need it: {install}",
+                    triggers::OLDER_LACKS
+                ),
+            );
+        }
         Some(v) if v < expected => {
             format!("installed version {v} is older than this binary's ({expected}): {install}")
         }

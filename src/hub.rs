@@ -26,6 +26,20 @@ struct Subscriber {
     /// `{"identifier":…,"message":` of that subscription.
     prefix: Arc<str>,
     outbox: Arc<Outbox>,
+    /// Whose session it belongs to (live authorization finds subscriptions by these).
+    session: SessionId,
+    user: Uuid,
+}
+
+/// A session holding a subscription to a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The session.
+    pub session: SessionId,
+    /// Its user.
+    pub user: Uuid,
+    /// The stream.
+    pub stream: String,
 }
 
 /// A connected, authenticated session as the hub sees it.
@@ -94,6 +108,8 @@ impl Hub {
             Subscriber {
                 prefix,
                 outbox: session.outbox.clone(),
+                session: session.id,
+                user: session.user_id,
             },
         );
     }
@@ -174,6 +190,40 @@ impl Hub {
             n += 1;
         }
         n
+    }
+
+    /// Every subscription to a stream that `wanted` accepts, with its session and user.
+    /// Walks every stream: for rare events (a revoked access), not for the broadcast path.
+    pub fn holders(&self, wanted: impl Fn(&str) -> bool) -> Vec<Holder> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (stream, subs) in streams.iter().filter(|(s, _)| wanted(s)) {
+            for sub in subs.values() {
+                out.push(Holder {
+                    session: sub.session,
+                    user: sub.user,
+                    stream: stream.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Ends one session with a disconnect frame. Nothing pushed to it afterwards is sent.
+    /// Returns whether it was open.
+    pub fn disconnect_session(
+        &self,
+        id: SessionId,
+        reason: DisconnectReason,
+        reconnect: bool,
+    ) -> bool {
+        match self.sessions_lock().get(&id) {
+            Some(s) => {
+                s.outbox.end(Ending::Disconnect(reason, reconnect));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Ends every session (graceful shutdown).

@@ -148,10 +148,10 @@ async fn triggers_command(action: TriggersAction) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| db_error(&e))?;
             let tables = triggers::status(&client).await.map_err(|e| db_error(&e))?;
-            println!("{:<12} {:<8} triggers", "table", "exists");
+            println!("{:<20} {:<8} triggers", "table", "exists");
             for t in &tables {
                 println!(
-                    "{:<12} {:<8} {}",
+                    "{:<20} {:<8} {}",
                     t.table,
                     if t.exists { "yes" } else { "no" },
                     if t.triggers.is_empty() {
@@ -166,6 +166,14 @@ async fn triggers_command(action: TriggersAction) -> Result<ExitCode, String> {
                 Some(v) if v == triggers::VERSION && all => {
                     println!("installed version {v} (current)");
                     Ok(ExitCode::SUCCESS)
+                }
+                Some(v) if v < triggers::VERSION && triggers::usable(v) => {
+                    println!(
+                        "installed version {v}, this binary expects {}: the relay works, but {} need `pgcable triggers install`",
+                        triggers::VERSION,
+                        triggers::OLDER_LACKS
+                    );
+                    Ok(ExitCode::FAILURE)
                 }
                 Some(v) => {
                     println!(

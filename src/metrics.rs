@@ -116,6 +116,16 @@ impl Metrics {
         histogram!("pgcable_reread_seconds").record(took.as_secs_f64());
     }
 
+    /// An access decision was asked of the database.
+    pub fn access_query(&self) {
+        counter!("pgcable_access_queries_total").increment(1);
+    }
+
+    /// A subscription lost its access while held; its connection was ended.
+    pub fn access_revoked(&self) {
+        counter!("pgcable_access_revocations_total").increment(1);
+    }
+
     /// A batch of fights' encounters was read and rendered.
     pub fn encounter_render(&self, took: Duration) {
         histogram!("pgcable_encounter_render_seconds").record(took.as_secs_f64());

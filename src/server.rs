@@ -64,7 +64,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
     }
 
     let current = match pool.get().await {
-        Ok(client) => triggers::is_current(&client).await,
+        Ok(client) => triggers::is_usable(&client).await,
         Err(_) => false,
     };
     let metrics = Metrics::install();
@@ -78,7 +78,7 @@ pub async fn start(config: Config) -> Result<Server, String> {
             check_jti: config.check_jti,
             require_active_user: config.require_active_user,
         },
-        access: Access::new(pool.clone(), config.access_cache_ttl),
+        access: Access::new(pool.clone(), config.access_cache_ttl, config.pool_size / 2),
         render: RenderConfig {
             imagekit_endpoint: config.imagekit_endpoint.clone(),
         },
@@ -196,14 +196,14 @@ async fn watch_queue(state: Arc<State>, mut shutdown: Shutdown) {
             }
             let current = matches!(
                 triggers::installed_version(&client).await,
-                Ok(Some(v)) if v == triggers::VERSION
+                Ok(Some(v)) if triggers::usable(v)
             );
             if state.triggers_current.swap(current, Ordering::Relaxed) != current {
                 if current {
-                    tracing::info!("triggers are installed and current");
+                    tracing::info!("triggers are installed");
                 } else {
                     // Logs what is wrong and what to do.
-                    triggers::is_current(&client).await;
+                    triggers::is_usable(&client).await;
                 }
             }
         }

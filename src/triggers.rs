@@ -12,15 +12,19 @@ pub const UNINSTALL_SQL: &str = include_str!("../triggers/uninstall.sql");
 /// The version of the triggers this binary was built with (`pgcable.version()`).
 pub const VERSION: i32 = 2;
 
-/// The watched tables: three whose rows the relay re-reads, then three whose changes reach it
-/// as the fights they belong to (live combat).
-pub const TABLES: [&str; 6] = [
+/// The watched tables: three whose rows the relay re-reads, three whose changes reach it as the
+/// fights they belong to (live combat), then three whose changes grant or take away access
+/// (live authorization).
+pub const TABLES: [&str; 9] = [
     "characters",
     "vehicles",
     "fights",
     "shots",
     "character_effects",
     "chase_relationships",
+    "campaign_memberships",
+    "campaigns",
+    "users",
 ];
 
 /// The installed trigger version, or `None` if pgcable's triggers are not installed.
@@ -38,10 +42,33 @@ pub async fn installed_version(client: &Client) -> Result<Option<i32>, tokio_pos
     Ok(Some(row.get(0)))
 }
 
-/// Whether the installed triggers are the ones this binary expects. Logs what to do if not.
-pub async fn is_current(client: &Client) -> bool {
+/// The oldest installed trigger version this binary still works with. Version 1 lacks the
+/// combat triggers (no encounters from `shots`, `character_effects` or `chase_relationships`
+/// changes, no fight-ended signals) but its payloads mean the same, so a relay can be upgraded
+/// before the triggers are, with no downtime.
+pub const OLDEST_SUPPORTED: i32 = 1;
+
+/// Whether this binary works with installed trigger version `v`.
+pub fn usable(v: i32) -> bool {
+    (OLDEST_SUPPORTED..=VERSION).contains(&v)
+}
+
+/// What an older but usable installed version lacks, for messages.
+pub const OLDER_LACKS: &str = "live combat from shots, character_effects and chase_relationships changes and the fight-ended signals";
+
+/// Whether the installed triggers are ones this binary works with. Logs what to do if they are
+/// not, or if they are older than this binary's.
+pub async fn is_usable(client: &Client) -> bool {
     match installed_version(client).await {
         Ok(Some(v)) if v == VERSION => true,
+        Ok(Some(v)) if usable(v) => {
+            tracing::warn!(
+                installed = v,
+                expected = VERSION,
+                "installed triggers are older than this binary: the relay works, but {OLDER_LACKS} need `pgcable triggers install`"
+            );
+            true
+        }
         Ok(Some(v)) if v < VERSION => {
             tracing::warn!(
                 installed = v,
@@ -69,13 +96,22 @@ pub async fn is_current(client: &Client) -> bool {
     }
 }
 
-/// The triggers install.sql puts on each table.
-pub const TRIGGERS: [&str; 4] = [
-    "pgcable_delete",
-    "pgcable_insert",
-    "pgcable_truncate",
-    "pgcable_update",
-];
+/// The triggers install.sql puts on each table (live-authorization tables have no TRUNCATE
+/// trigger, and `users` no INSERT trigger: a new user holds no connection yet).
+pub fn triggers_of(table: &str) -> &'static [&'static str] {
+    match table {
+        "campaign_memberships" | "campaigns" => {
+            &["pgcable_delete", "pgcable_insert", "pgcable_update"]
+        }
+        "users" => &["pgcable_delete", "pgcable_update"],
+        _ => &[
+            "pgcable_delete",
+            "pgcable_insert",
+            "pgcable_truncate",
+            "pgcable_update",
+        ],
+    }
+}
 
 /// One table's trigger state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,8 +127,9 @@ pub struct TableStatus {
 impl TableStatus {
     /// The pgcable triggers this table should have and lacks.
     pub fn missing(&self) -> Vec<&'static str> {
-        TRIGGERS
-            .into_iter()
+        triggers_of(&self.table)
+            .iter()
+            .copied()
             .filter(|t| !self.triggers.iter().any(|have| have == t))
             .collect()
     }

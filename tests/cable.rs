@@ -557,6 +557,16 @@ async fn sql_broadcasts_commit_only_in_order_and_any_size() {
     );
     db.broadcast(&stream, r#""just a string""#).await;
     assert_eq!(c.next_text().await, delivery(&id, r#""just a string""#));
+    // Every JSON value passes, null included (Rails delivers "message":null).
+    for value in ["null", "0", "-1.5e-10", "[]", "[null,{}]", "true", r#""""#] {
+        db.broadcast(&stream, value).await;
+        let expected = if value == "-1.5e-10" {
+            "-1.5e-10"
+        } else {
+            value
+        };
+        assert_eq!(c.next_text().await, delivery(&id, expected), "{value}");
+    }
 
     // 1 MiB, 5 MiB: through the table, intact.
     for size in [1 << 20, 5 << 20] {
@@ -761,5 +771,49 @@ async fn connections_are_named_in_pg_stat_activity() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(names, ["pgcable", "pgcable-listener"]);
+    relay.shutdown();
+}
+
+/// A client-initiated close is answered with the server's close frame and the end of the TCP
+/// connection at once, as Rails does, not after a grace period (the official client's
+/// `disconnected` callback waits for it).
+#[tokio::test]
+async fn client_close_is_answered_at_once() {
+    let db = TestDb::create().await;
+    let relay = relay(&db).await;
+    let user = db.user(false).await;
+    let campaign = db.campaign(user).await;
+    let mut c = Cable::welcomed(relay.addr, &token(user)).await;
+    c.subscribed(&campaign_channel(campaign)).await;
+    let started = std::time::Instant::now();
+    c.ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        },
+    )))
+    .await
+    .expect("send close");
+    // The server's close frame, then the end of the stream.
+    let mut saw_close = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1000));
+                saw_close = true;
+            }
+            Ok(Some(Ok(Message::Text(t)))) if t.starts_with(r#"{"type":"ping""#) => {}
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Ok(Some(Err(_))) | Ok(None) => break,
+            Err(_) => panic!("the connection was not closed within 5 s"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(saw_close, "no close frame");
+    // The defect took the 2 s close grace; a prompt answer takes milliseconds.
+    assert!(
+        took < Duration::from_millis(1000),
+        "close answered after {took:?}"
+    );
     relay.shutdown();
 }

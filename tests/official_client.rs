@@ -6,6 +6,9 @@
 //! through `pg`, restarts the relay with SIGTERM and checks that the client reconnects by itself:
 //!
 //! * `official_client.mjs`: the client in Node, with `ws` as its WebSocket;
+//! * `live_auth.mjs`: live authorization: each revoking change disconnects, the client comes
+//!   back by itself and the forbidden subscription is rejected; a grant is seen at once;
+//! * `encounter.mjs`: live combat in Node: a `psql` UPDATE of a shot arrives as one encounter;
 //! * `browser.mjs`: the client in headless Chromium (Debian's `/usr/bin/chromium`, driven by
 //!   `playwright-core`; `apt-get install chromium`).
 //!
@@ -90,4 +93,16 @@ async fn official_client_in_node() {
 #[tokio::test]
 async fn official_client_in_chromium() {
     run_script("browser.mjs").await;
+}
+
+/// Live combat with the official client in Node: a `psql` UPDATE of a shot gives one encounter.
+#[tokio::test]
+async fn official_client_receives_an_encounter() {
+    run_script("encounter.mjs").await;
+}
+
+/// Live authorization with the official client in Node: revocations and a grant.
+#[tokio::test]
+async fn official_client_live_authorization() {
+    run_script("live_auth.mjs").await;
 }

@@ -76,8 +76,8 @@ async fn triggers_commands_are_idempotent_and_leave_data_alone() {
         .unwrap()
         .get(0);
     assert_eq!(
-        count, 24,
-        "four triggers on each of six tables, no duplicates"
+        count, 32,
+        "four on each row and combat table, three on memberships and campaigns, two on users"
     );
     for _ in 0..2 {
         let (ok, text) = pgcable(&["triggers", "uninstall"], &db.url);

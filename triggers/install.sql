@@ -2,8 +2,10 @@
 --
 -- Installs schema `pgcable` and statement-level triggers that NOTIFY channel `pgcable` with
 -- identifiers of the changed rows (never row data): row changes of public.characters,
--- public.vehicles and public.fights, and the fights whose live combat state may have changed
--- through public.shots, public.character_effects and public.chase_relationships. See
+-- public.vehicles and public.fights, the fights whose live combat state may have changed
+-- through public.shots, public.character_effects and public.chase_relationships, and whose
+-- access may have changed through public.campaign_memberships, public.campaigns and
+-- public.users. See
 -- triggers/README.md for the payload contract, the cost and how to install.
 --
 -- Plain SQL, no psql meta-commands, so it can be run by psql (-f), by a Rails migration
@@ -21,7 +23,7 @@ SET LOCAL client_min_messages = warning;
 SET LOCAL lock_timeout = '10s';
 
 -- The watched tables must exist and have the columns the triggers read (each list: the table,
--- then its columns; every column but updated_at must be a uuid).
+-- then its columns; every column but updated_at, jti and admin must be a uuid).
 DO $check$
 DECLARE
     spec text[];
@@ -37,7 +39,10 @@ BEGIN
         -- (padded to four with a second 'id': a plpgsql array must be rectangular)
         ARRAY['shots', 'id', 'fight_id', 'id'],
         ARRAY['character_effects', 'id', 'shot_id', 'id'],
-        ARRAY['chase_relationships', 'id', 'fight_id', 'id']
+        ARRAY['chase_relationships', 'id', 'fight_id', 'id'],
+        ARRAY['campaign_memberships', 'id', 'user_id', 'campaign_id'],
+        ARRAY['campaigns', 'id', 'user_id', 'id'],
+        ARRAY['users', 'id', 'jti', 'admin']
     ] LOOP
         tbl := spec[1];
         SELECT c.relkind INTO kind
@@ -59,7 +64,7 @@ BEGIN
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'pgcable install: table public.% has no column %', tbl, col;
             END IF;
-            IF col <> 'updated_at' AND typ <> 'uuid'::pg_catalog.regtype THEN
+            IF col NOT IN ('updated_at', 'jti', 'admin') AND typ <> 'uuid'::pg_catalog.regtype THEN
                 RAISE EXCEPTION 'pgcable install: public.%.% is of type %, expected uuid', tbl, col, typ;
             END IF;
         END LOOP;
@@ -310,6 +315,75 @@ BEGIN
 END
 $$;
 
+-- The live-authorization trigger function of campaign_memberships, campaigns and users: whose
+-- access to what may have changed. One NOTIFY (or several, each under 7000 bytes)
+--   {"k":"a","a":<µs>,"c":[entry, ...]}
+-- with entries
+--   ["r","<user>","<campaign>"]  the user may have lost the campaign (membership deleted or
+--                                moved away, ownership transferred away)
+--   ["g","<user>","<campaign>"]  the user may have gained it (membership added or moved in,
+--                                ownership received, campaign created)
+--   ["c","<campaign>"]           the campaign was deleted
+--   ["u","<user>","<flags>"]     the user changed: a admin lost, A admin gained, j jti
+--                                changed, i no longer active, x deleted
+-- Other changes to these tables (names, timestamps, ...) send nothing. Users have no INSERT
+-- trigger: a new user holds no connection yet.
+CREATE OR REPLACE FUNCTION pgcable.access_changes() RETURNS trigger
+    LANGUAGE plpgsql VOLATILE
+    AS $$
+DECLARE
+    head text := '{"k":"a","a":' || (pg_catalog.date_part('epoch', pg_catalog.now()) * 1000000)::bigint::text || ',"c":[';
+    body text;
+BEGIN
+    -- Transition tables exist only for their events: pgcable_old for UPDATE and DELETE,
+    -- pgcable_new for INSERT and UPDATE.
+    IF TG_TABLE_NAME = 'campaign_memberships' THEN
+        IF TG_OP = 'INSERT' THEN
+            SELECT pg_catalog.string_agg(DISTINCT '["g","' || n.user_id::text || '","' || n.campaign_id::text || '"]', ',')
+              INTO body FROM pgcable_new n;
+        ELSIF TG_OP = 'DELETE' THEN
+            SELECT pg_catalog.string_agg(DISTINCT '["r","' || o.user_id::text || '","' || o.campaign_id::text || '"]', ',')
+              INTO body FROM pgcable_old o;
+        ELSE
+            SELECT pg_catalog.string_agg(DISTINCT '["' || v.kind || '","' || v.u::text || '","' || v.c::text || '"]', ',')
+              INTO body
+              FROM pgcable_old o JOIN pgcable_new n ON o.id = n.id
+             CROSS JOIN LATERAL (VALUES ('r', o.user_id, o.campaign_id), ('g', n.user_id, n.campaign_id)) v(kind, u, c)
+             WHERE o.user_id IS DISTINCT FROM n.user_id OR o.campaign_id IS DISTINCT FROM n.campaign_id;
+        END IF;
+    ELSIF TG_TABLE_NAME = 'campaigns' THEN
+        IF TG_OP = 'INSERT' THEN
+            SELECT pg_catalog.string_agg('["g","' || n.user_id::text || '","' || n.id::text || '"]', ',')
+              INTO body FROM pgcable_new n WHERE n.user_id IS NOT NULL;
+        ELSIF TG_OP = 'DELETE' THEN
+            SELECT pg_catalog.string_agg('["c","' || o.id::text || '"]', ',') INTO body FROM pgcable_old o;
+        ELSE
+            SELECT pg_catalog.string_agg('["' || v.kind || '","' || v.u::text || '","' || n.id::text || '"]', ',')
+              INTO body
+              FROM pgcable_old o JOIN pgcable_new n ON o.id = n.id
+             CROSS JOIN LATERAL (VALUES ('r', o.user_id), ('g', n.user_id)) v(kind, u)
+             WHERE o.user_id IS DISTINCT FROM n.user_id AND v.u IS NOT NULL;
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN  -- users
+        SELECT pg_catalog.string_agg('["u","' || o.id::text || '","x"]', ',') INTO body FROM pgcable_old o;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT pg_catalog.string_agg('["u","' || e.id::text || '","' || e.flags || '"]', ',') INTO body
+          FROM (SELECT n.id,
+                       CASE WHEN o.admin IS TRUE AND n.admin IS NOT TRUE THEN 'a' ELSE '' END
+                       || CASE WHEN o.admin IS NOT TRUE AND n.admin IS TRUE THEN 'A' ELSE '' END
+                       || CASE WHEN o.jti IS DISTINCT FROM n.jti THEN 'j' ELSE '' END
+                       || CASE WHEN o.active IS TRUE AND n.active IS NOT TRUE THEN 'i' ELSE '' END AS flags
+                  FROM pgcable_old o JOIN pgcable_new n ON o.id = n.id) e
+         WHERE e.flags <> '';
+    END IF;
+
+    IF body IS NOT NULL THEN
+        PERFORM pgcable.notify_entries(head, body);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- TRUNCATE has no rows to report: every campaign showing the table is told to reload it.
 --   {"k":"x","t":"<table>","a":<µs>}
 CREATE OR REPLACE FUNCTION pgcable.table_truncated() RETURNS trigger
@@ -329,6 +403,7 @@ REVOKE ALL ON SEQUENCE pgcable.nonce FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgcable.row_changes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgcable.table_truncated() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pgcable.fight_changes() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pgcable.access_changes() FROM PUBLIC;
 -- Called by the trigger functions with the writer's rights, so every writer needs it.
 GRANT EXECUTE ON FUNCTION pgcable.notify_entries(text, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION pgcable.broadcast(text, jsonb) TO PUBLIC;
@@ -433,5 +508,43 @@ CREATE TRIGGER pgcable_delete AFTER DELETE ON public.chase_relationships
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.fight_changes();
 CREATE TRIGGER pgcable_truncate AFTER TRUNCATE ON public.chase_relationships
     FOR EACH STATEMENT EXECUTE FUNCTION pgcable.table_truncated();
+
+-- Live authorization: triggers on the tables whose changes can grant or take away access
+-- (a TRUNCATE of these tables is refused by their foreign keys or takes the app down anyway).
+DROP TRIGGER IF EXISTS pgcable_insert ON public.campaign_memberships;
+DROP TRIGGER IF EXISTS pgcable_update ON public.campaign_memberships;
+DROP TRIGGER IF EXISTS pgcable_delete ON public.campaign_memberships;
+CREATE TRIGGER pgcable_insert AFTER INSERT ON public.campaign_memberships
+    REFERENCING NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.access_changes();
+CREATE TRIGGER pgcable_update AFTER UPDATE ON public.campaign_memberships
+    REFERENCING OLD TABLE AS pgcable_old NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.access_changes();
+CREATE TRIGGER pgcable_delete AFTER DELETE ON public.campaign_memberships
+    REFERENCING OLD TABLE AS pgcable_old
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.access_changes();
+
+DROP TRIGGER IF EXISTS pgcable_insert ON public.campaigns;
+DROP TRIGGER IF EXISTS pgcable_update ON public.campaigns;
+DROP TRIGGER IF EXISTS pgcable_delete ON public.campaigns;
+CREATE TRIGGER pgcable_insert AFTER INSERT ON public.campaigns
+    REFERENCING NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.access_changes();
+CREATE TRIGGER pgcable_update AFTER UPDATE ON public.campaigns
+    REFERENCING OLD TABLE AS pgcable_old NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.access_changes();
+CREATE TRIGGER pgcable_delete AFTER DELETE ON public.campaigns
+    REFERENCING OLD TABLE AS pgcable_old
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.access_changes();
+
+DROP TRIGGER IF EXISTS pgcable_insert ON public.users;
+DROP TRIGGER IF EXISTS pgcable_update ON public.users;
+DROP TRIGGER IF EXISTS pgcable_delete ON public.users;
+CREATE TRIGGER pgcable_update AFTER UPDATE ON public.users
+    REFERENCING OLD TABLE AS pgcable_old NEW TABLE AS pgcable_new
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.access_changes();
+CREATE TRIGGER pgcable_delete AFTER DELETE ON public.users
+    REFERENCING OLD TABLE AS pgcable_old
+    FOR EACH STATEMENT EXECUTE FUNCTION pgcable.access_changes();
 
 COMMIT;

@@ -91,14 +91,14 @@ triggers_count() { q -c "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgca
 snapshot() { q -c "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM characters c"; }
 before=$(snapshot)
 psql_ -d "$db" -f "$here/install.sql" && psql_ -d "$db" -f "$here/install.sql" && ok "install twice"
-expect "24 triggers after installing twice" 24 "$(triggers_count)"
+expect "32 triggers after installing twice" 32 "$(triggers_count)"
 expect "version() = 2" 2 "$(q -c 'SELECT pgcable.version()')"
 psql_ -d "$db" -f "$here/uninstall.sql" && psql_ -d "$db" -f "$here/uninstall.sql" && ok "uninstall twice"
 expect "no triggers after uninstall" 0 "$(triggers_count)"
 expect "no schema pgcable after uninstall" "" "$(q -c "SELECT nspname FROM pg_namespace WHERE nspname = 'pgcable'")"
 expect "data untouched by install/uninstall" "$before" "$(snapshot)"
 psql_ -d "$db" -f "$here/install.sql" && ok "install again"
-expect "24 triggers after reinstall" 24 "$(triggers_count)"
+expect "32 triggers after reinstall" 32 "$(triggers_count)"
 out=$(psql -X -q -d "$db" -f "$here/install.sql" 2>&1)
 expect "install is quiet" "" "$out"
 
@@ -367,6 +367,60 @@ SQL
 expect "one transaction, 1,000 shots of two fights: both fights named" "[\"$FA\"] [\"$FB\"]" "$(fight_ids <<<"$out" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/ $//')"
 n=$(grep -c '"k":"f"' <<<"$out")
 if [ "$n" -ge 1 ] && [ "$n" -le 3 ]; then ok "... in at most one hint per statement ($n)"; else fail "... in at most one hint per statement" "$out"; fi
+
+# ---------------------------------------------------------------------------------------------
+echo "# live authorization: memberships, campaigns and users"
+UA=00000000-0000-4000-8000-0000000000a1
+UB=00000000-0000-4000-8000-0000000000a2
+CA=00000000-0000-4000-8000-0000000000ca
+psql_ -d "$db" <<SQL
+INSERT INTO users (id, email, jti, created_at, updated_at) VALUES ('$UA', 'a@example.com', 'ja', now(), now()), ('$UB', 'b@example.com', 'jb', now(), now());
+SQL
+A='{"k":"a","c":'
+expect "a new campaign grants its owner" "$A[[\"g\",\"$UA\",\"$CA\"]]}" "$(notifs <<SQL
+INSERT INTO campaigns (id, user_id, name, created_at, updated_at) VALUES ('$CA', '$UA', 'c', now(), now());
+SQL
+)"
+expect "a new membership grants" "$A[[\"g\",\"$UB\",\"$CA\"]]}" "$(notifs <<SQL
+INSERT INTO campaign_memberships (user_id, campaign_id) VALUES ('$UB', '$CA');
+SQL
+)"
+expect "a membership touched: nothing" "" "$(notifs <<SQL
+UPDATE campaign_memberships SET updated_at = now();
+SQL
+)"
+expect "a membership moved to another user: one loses, one gains" "$A[[\"g\",\"$UA\",\"$CA\"],[\"r\",\"$UB\",\"$CA\"]]}" "$(notifs <<SQL
+UPDATE campaign_memberships SET user_id = '$UA';
+SQL
+)"
+expect "a membership deleted: revoked" "$A[[\"r\",\"$UA\",\"$CA\"]]}" "$(notifs <<SQL
+DELETE FROM campaign_memberships;
+SQL
+)"
+expect "a campaign renamed: nothing" "" "$(notifs <<SQL
+UPDATE campaigns SET name = 'renamed' WHERE id = '$CA';
+SQL
+)"
+expect_any "ownership transferred: old owner loses, new owner gains" "$(notifs <<SQL
+UPDATE campaigns SET user_id = '$UB' WHERE id = '$CA';
+SQL
+)" "$A[[\"r\",\"$UA\",\"$CA\"],[\"g\",\"$UB\",\"$CA\"]]}" "$A[[\"g\",\"$UB\",\"$CA\"],[\"r\",\"$UA\",\"$CA\"]]}"
+expect "user flags: admin gained and jti rotated, then admin lost and deactivated" "$A[[\"u\",\"$UA\",\"Aj\"]]}
+$A[[\"u\",\"$UA\",\"ai\"]]}" "$(notifs <<SQL
+UPDATE users SET admin = true, jti = 'rotated' WHERE id = '$UA';
+UPDATE users SET admin = false, active = false WHERE id = '$UA';
+SQL
+)"
+expect "a user renamed: nothing" "" "$(notifs <<SQL
+UPDATE users SET first_name = 'New', updated_at = now();
+SQL
+)"
+expect "campaign deleted, user deleted" "$A[[\"c\",\"$CA\"]]}
+$A[[\"u\",\"$UA\",\"x\"]]}" "$(notifs <<SQL
+DELETE FROM campaigns WHERE id = '$CA';
+DELETE FROM users WHERE id = '$UA';
+SQL
+)"
 
 # ---------------------------------------------------------------------------------------------
 echo "# bulk statements are batched"

@@ -1,7 +1,7 @@
 -- triggers/uninstall.sql: remove everything triggers/install.sql created.
 --
--- Drops the pgcable triggers on public.characters, vehicles, fights, shots, character_effects and
--- chase_relationships, then schema pgcable with its functions, sequence and table
+-- Drops the pgcable triggers on public.characters, vehicles, fights, shots, character_effects,
+-- chase_relationships, campaign_memberships, campaigns and users, then schema pgcable with its functions, sequence and table
 -- pgcable.messages (undelivered large broadcasts are lost). The tables and their data are left
 -- untouched. Idempotent and
 -- transactional; works whether or not the tables exist. Plain SQL, like install.sql.
@@ -17,7 +17,8 @@ DECLARE
     tbl text;
     trg text;
 BEGIN
-    FOREACH tbl IN ARRAY ARRAY['characters', 'vehicles', 'fights', 'shots', 'character_effects', 'chase_relationships'] LOOP
+    FOREACH tbl IN ARRAY ARRAY['characters', 'vehicles', 'fights', 'shots', 'character_effects',
+                               'chase_relationships', 'campaign_memberships', 'campaigns', 'users'] LOOP
         IF pg_catalog.to_regclass(pg_catalog.format('public.%I', tbl)) IS NOT NULL THEN
             FOREACH trg IN ARRAY ARRAY['pgcable_insert', 'pgcable_update', 'pgcable_delete', 'pgcable_truncate'] LOOP
                 EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON public.%I', trg, tbl);

@@ -1,13 +1,16 @@
 //! Channels: an identifier string → a channel, its streams, and whether the user may have it.
 //!
-//! Owns the channel table of auth.md §1 and the access cache. Calls the query pool.
+//! Owns the channel table of auth.md §1, the access cache and its share of the query pool.
+//! Calls the query pool.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use moka::future::Cache;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::auth::{parse_uuid, User};
@@ -50,6 +53,8 @@ pub enum Rejection {
     TooMany,
     /// The database could not be asked.
     Unavailable,
+    /// The connection had its share of refusals for now: only known answers are given.
+    OverBudget,
 }
 
 impl Rejection {
@@ -62,6 +67,7 @@ impl Rejection {
             Rejection::Forbidden => "forbidden",
             Rejection::TooMany => "too_many",
             Rejection::Unavailable => "unavailable",
+            Rejection::OverBudget => "over_budget",
         }
     }
 }
@@ -123,17 +129,39 @@ impl Channel {
     }
 }
 
+/// What an access decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Resource {
+pub enum Resource {
+    /// A campaign (CampaignChannel).
     Campaign(Uuid),
+    /// A fight, through its campaign (FightChannel).
     Fight(Uuid),
 }
 
+impl Channel {
+    /// What deciding this channel is about; `None` for channels decided without the database.
+    pub fn resource(&self) -> Option<Resource> {
+        match self {
+            Channel::Campaign { id, .. } => Some(Resource::Campaign(*id)),
+            Channel::Fight { fight_id } => Some(Resource::Fight(*fight_id)),
+            Channel::User { .. } => None,
+        }
+    }
+}
+
 /// Who may see what, with decisions cached for a short time (auth.md §1).
+///
+/// Live authorization (auth.md §1) forgets cached decisions the moment a change of access is
+/// committed, and bumps the [`Access::epoch`], so a subscribe whose decision was taken before
+/// that commit knows to decide again.
 #[derive(Clone)]
 pub struct Access {
     pool: Pool,
     cache: Cache<(Uuid, Resource), bool>,
+    epoch: Arc<AtomicU64>,
+    /// Access checks hold at most half of the query pool, so a flood of subscribes cannot
+    /// starve the re-reads.
+    share: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Access {
@@ -142,42 +170,81 @@ impl std::fmt::Debug for Access {
     }
 }
 
-const MAY_SEE_CAMPAIGN: &str =
-    "SELECT EXISTS (SELECT 1 FROM campaigns WHERE id = $2 AND user_id = $1) \
+// `users.admin` is asked here too, not only read at connect time: a user made admin while
+// connected is allowed at once.
+const MAY_SEE_CAMPAIGN: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND admin) \
+     OR EXISTS (SELECT 1 FROM campaigns WHERE id = $2 AND user_id = $1) \
      OR EXISTS (SELECT 1 FROM campaign_memberships WHERE campaign_id = $2 AND user_id = $1)";
 
-const MAY_SEE_FIGHT: &str = "SELECT EXISTS (SELECT 1 FROM fights f JOIN campaigns c ON c.id = f.campaign_id \
+const MAY_SEE_FIGHT: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND admin) \
+     OR EXISTS (SELECT 1 FROM fights f JOIN campaigns c ON c.id = f.campaign_id \
        WHERE f.id = $2 AND c.user_id = $1) \
      OR EXISTS (SELECT 1 FROM fights f JOIN campaign_memberships m ON m.campaign_id = f.campaign_id \
        WHERE f.id = $2 AND m.user_id = $1)";
 
 impl Access {
-    /// Access decisions through `pool`, cached for `ttl`.
-    pub fn new(pool: Pool, ttl: Duration) -> Access {
+    /// Access decisions through `pool` (at most `checks` at a time), cached for `ttl`.
+    pub fn new(pool: Pool, ttl: Duration, checks: usize) -> Access {
         Access {
             pool,
             cache: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
+                .support_invalidation_closures()
                 .build(),
+            epoch: Arc::new(AtomicU64::new(0)),
+            share: Arc::new(Semaphore::new(checks.max(1))),
         }
     }
 
-    /// Whether `user` may subscribe to `channel`.
+    /// The answer without asking the database: `Some` for the connection's own user channel,
+    /// a connect-time admin, or a cached decision.
+    pub async fn known(&self, user: &User, channel: &Channel) -> Option<bool> {
+        match channel.resource() {
+            None => Some(matches!(channel, Channel::User { id } if *id == user.id)),
+            Some(_) if user.admin => Some(true),
+            Some(resource) => self.cache.get(&(user.id, resource)).await,
+        }
+    }
+
+    /// Whether `user` may subscribe to `channel`, from the cache when it knows.
     pub async fn allows(&self, user: &User, channel: &Channel) -> Result<bool, Rejection> {
-        let resource = match channel {
-            Channel::User { id } => return Ok(*id == user.id),
-            _ if user.admin => return Ok(true),
-            Channel::Campaign { id, .. } => Resource::Campaign(*id),
-            Channel::Fight { fight_id } => Resource::Fight(*fight_id),
-        };
-        let key = (user.id, resource);
-        if let Some(allowed) = self.cache.get(&key).await {
+        if let Some(allowed) = self.known(user, channel).await {
             return Ok(allowed);
         }
-        let allowed = self.query(user.id, resource).await?;
-        self.cache.insert(key, allowed).await;
+        match channel.resource() {
+            Some(resource) => self.decide(user.id, resource).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Asks the database now (never the cache) and caches the answer, unless access changed
+    /// while it was asked.
+    pub async fn decide(&self, user: Uuid, resource: Resource) -> Result<bool, Rejection> {
+        let epoch = self.epoch();
+        let allowed = self.query(user, resource).await?;
+        if self.epoch() == epoch {
+            self.cache.insert((user, resource), allowed).await;
+        }
         Ok(allowed)
+    }
+
+    /// Counts access changes: a decision taken before the count moved may be stale.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Forgets the cached decisions that `forget` selects, after an access change.
+    pub fn changed(&self, forget: impl Fn(Uuid, Resource) -> bool + Send + Sync + 'static) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self
+            .cache
+            .invalidate_entries_if(move |(user, resource), _| forget(*user, *resource))
+        {
+            // Only possible without invalidation closures, which `new` turns on; forget all.
+            tracing::warn!(error = %e, "access cache: selective invalidation failed");
+            self.cache.invalidate_all();
+        }
     }
 
     async fn query(&self, user: Uuid, resource: Resource) -> Result<bool, Rejection> {
@@ -185,6 +252,12 @@ impl Access {
             Resource::Campaign(id) => (MAY_SEE_CAMPAIGN, id),
             Resource::Fight(id) => (MAY_SEE_FIGHT, id),
         };
+        let _share = self
+            .share
+            .acquire()
+            .await
+            .map_err(|_| Rejection::Unavailable)?;
+        crate::metrics::Metrics.access_query();
         let client = self.pool.get().await.map_err(|e| {
             tracing::warn!(error = %e, "access check: no database connection");
             Rejection::Unavailable

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -35,6 +35,12 @@ type Source = SplitStream<WebSocket>;
 
 /// How long a closing connection waits for the client's side of the close handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Subscribes a connection may have refused by the database within one [`BUDGET_WINDOW`]
+/// (auth.md §1, "Budgets"); past that, only answers already known are given until it ends.
+const REJECTION_BUDGET: u32 = 20;
+/// The fixed window of the rejection budget, from the first refusal in it.
+const BUDGET_WINDOW: Duration = Duration::from_secs(60);
 
 /// One subscription held by a session.
 #[derive(Debug)]
@@ -82,6 +88,8 @@ pub async fn run(ws: WebSocket, state: Arc<State>, token: Option<String>) {
         session: session.clone(),
         subscriptions: HashMap::new(),
         unreadable: false,
+        refusals: 0,
+        refusals_since: None,
     };
     let reason = conn.read_loop(&mut source).await;
     conn.unsubscribe_all();
@@ -122,6 +130,9 @@ struct Connection {
     /// A bad frame ended the connection: the socket can no longer be read, so it cannot be
     /// drained before closing.
     unreadable: bool,
+    /// Subscribes the database refused in the current budget window, and when it began.
+    refusals: u32,
+    refusals_since: Option<Instant>,
 }
 
 impl Connection {
@@ -172,8 +183,14 @@ impl Connection {
                         return format!("socket error: {e}");
                     }
                     Some(Ok(msg)) => match msg {
-                        // The WebSocket layer echoes the client's close frame itself.
-                        Message::Close(_) => return "client closed".into(),
+                        // The WebSocket layer has queued the echo of the client's close
+                        // frame; it goes out with the socket's next write, so have the writer
+                        // finish now (its own close frame is then only that flush), instead of
+                        // at the next ping or the close grace.
+                        Message::Close(_) => {
+                            outbox.end(Ending::Close(1000, String::new()));
+                            return "client closed".into();
+                        }
                         Message::Text(text) => {
                             self.state.metrics.message_in();
                             self.handle(&text).await;
@@ -203,11 +220,12 @@ impl Connection {
     }
 
     async fn subscribe(&mut self, identifier: String) {
-        let outbox = &self.session.outbox;
+        let outbox = self.session.outbox.clone();
         if self.subscriptions.contains_key(&identifier) {
             outbox.push(Frame::Text(frame::confirm(&identifier)));
             return;
         }
+        let epoch = self.state.access.epoch();
         match self.authorize(&identifier).await {
             Ok(channel) => {
                 let streams = channel.streams(&self.user, &self.state.config.app_name);
@@ -217,6 +235,13 @@ impl Connection {
                     self.state
                         .hub
                         .subscribe(stream, id, &self.session, prefix.clone());
+                }
+                if let Err(rejection) = self.still_allowed(&channel, epoch).await {
+                    for stream in &streams {
+                        self.state.hub.unsubscribe(stream, id);
+                    }
+                    self.refuse(&identifier, rejection);
+                    return;
                 }
                 outbox.push(Frame::Text(frame::confirm(&identifier)));
                 if let Channel::Fight { fight_id } = channel {
@@ -231,7 +256,29 @@ impl Connection {
                     },
                 );
             }
-            Err(Rejection::Unavailable) => {
+            Err(rejection) => self.refuse(&identifier, rejection),
+        }
+    }
+
+    /// After a subscription joined the hub: if access changed since its decision was taken
+    /// (`epoch`), a revocation may have swept the hub before it joined, so decide again.
+    async fn still_allowed(&self, channel: &Channel, epoch: u64) -> Result<(), Rejection> {
+        let access = &self.state.access;
+        match channel.resource() {
+            Some(resource) if access.epoch() != epoch => {
+                match access.decide(self.user.id, resource).await? {
+                    true => Ok(()),
+                    false => Err(Rejection::Forbidden),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn refuse(&self, identifier: &str, rejection: Rejection) {
+        let outbox = &self.session.outbox;
+        match rejection {
+            Rejection::Unavailable => {
                 // The database can't be asked: a rejection would make the client forget this
                 // subscription for good. Send it away to reconnect and resubscribe later.
                 tracing::warn!(session = self.session.id, %identifier, "subscription not decided: the database is unreachable; asking the client to reconnect");
@@ -240,23 +287,51 @@ impl Connection {
                     .rejected_subscription(Rejection::Unavailable.label());
                 outbox.end(Ending::Disconnect(DisconnectReason::ServerRestart, true));
             }
-            Err(rejection) => {
+            rejection => {
                 tracing::info!(session = self.session.id, user = %self.user.id, reason = rejection.label(), %identifier, "subscription rejected");
                 self.state.metrics.rejected_subscription(rejection.label());
-                outbox.push(Frame::Text(frame::reject(&identifier)));
+                outbox.push(Frame::Text(frame::reject(identifier)));
             }
         }
     }
 
-    async fn authorize(&self, identifier: &str) -> Result<Channel, Rejection> {
+    async fn authorize(&mut self, identifier: &str) -> Result<Channel, Rejection> {
         let channel = parse_identifier(identifier)?;
         if self.subscriptions.len() >= self.state.config.max_subscriptions {
             return Err(Rejection::TooMany);
         }
-        if self.state.access.allows(&self.user, &channel).await? {
+        let access = self.state.access.clone();
+        let allowed = match access.known(&self.user, &channel).await {
+            Some(known) => known,
+            None => {
+                let resource = channel.resource().ok_or(Rejection::Forbidden)?;
+                if self.budget_spent() {
+                    return Err(Rejection::OverBudget);
+                }
+                let allowed = access.decide(self.user.id, resource).await?;
+                if !allowed {
+                    self.refusals += 1;
+                }
+                allowed
+            }
+        };
+        if allowed {
             Ok(channel)
         } else {
             Err(Rejection::Forbidden)
+        }
+    }
+
+    /// Whether this connection has had its share of database refusals in the current window
+    /// (a window starts with its first refusal and lasts [`BUDGET_WINDOW`]).
+    fn budget_spent(&mut self) -> bool {
+        match self.refusals_since {
+            Some(since) if since.elapsed() < BUDGET_WINDOW => self.refusals >= REJECTION_BUDGET,
+            _ => {
+                self.refusals = 0;
+                self.refusals_since = Some(Instant::now());
+                false
+            }
         }
     }
 

@@ -329,7 +329,8 @@ fn fight_ended(state: &State, id: Uuid, rendered: Option<&(Option<Uuid>, Option<
     if let Some((Some(campaign), Some(payload))) = rendered {
         match render::fight_name(payload) {
             Some(name) => {
-                let message = format!(r#"{{"type":"fight_ended","fight_id":"{id}","fight_name":{name}}}"#);
+                let message =
+                    format!(r#"{{"type":"fight_ended","fight_id":"{id}","fight_name":{name}}}"#);
                 send_encoded(state, &format!("campaign_{campaign}"), Arc::from(message));
             }
             None => tracing::error!(%id, "rendered fight has no name field: fight_ended not sent"),
@@ -437,10 +438,8 @@ async fn snapshot_load(
             began.and_then(|()| render::both(rows, fights))
         }
         Read::Encounters(ids) => {
-            let (began, rows) = tokio::join!(
-                began,
-                render::load_encounters(client, ids, &state.render)
-            );
+            let (began, rows) =
+                tokio::join!(began, render::load_encounters(client, ids, &state.render));
             began.and(rows).map(|r| (r, Vec::new()))
         }
     };

@@ -76,7 +76,9 @@ impl Encounters {
                     let state = state.clone();
                     async move {
                         let retry = process(&state, &batch).await;
-                        fights.lock().done(batch.iter().map(|(id, _)| *id), HOT_FIGHT);
+                        fights
+                            .lock()
+                            .done(batch.iter().map(|(id, _)| *id), HOT_FIGHT);
                         for (id, work) in retry {
                             fights.push_work(id, work);
                         }

@@ -113,6 +113,44 @@ pub enum Event {
     /// `TRUNCATE` of `shots`, `character_effects` or `chase_relationships`: any active fight
     /// may have changed.
     CombatTruncated(Option<i64>),
+    /// Changes to memberships, campaigns or users that may grant or take away access.
+    Access(Vec<AccessChange>),
+}
+
+/// A change that may grant or take away access (live authorization, auth.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessChange {
+    /// The user may have lost the campaign (membership removed, ownership transferred away).
+    Lost {
+        /// Who.
+        user: Uuid,
+        /// Which campaign.
+        campaign: Uuid,
+    },
+    /// The user may have gained the campaign (membership added, ownership received).
+    Gained {
+        /// Who.
+        user: Uuid,
+        /// Which campaign.
+        campaign: Uuid,
+    },
+    /// The campaign was deleted.
+    CampaignGone(Uuid),
+    /// A user changed in a way that matters to their connections.
+    User {
+        /// Who.
+        user: Uuid,
+        /// `admin` went from true to false.
+        admin_lost: bool,
+        /// `jti` changed (devise-jwt rotates it at sign-out).
+        jti_changed: bool,
+        /// `active` went from true to false.
+        deactivated: bool,
+        /// The row was deleted.
+        deleted: bool,
+    },
+    /// A fight moved to another campaign: its FightChannel subscribers are checked again.
+    FightMoved(Uuid),
 }
 
 /// The tables whose changes reach the relay only as fight ids ([`Event::Fights`]).
@@ -122,7 +160,7 @@ pub const COMBAT_TABLES: [&str; 3] = ["shots", "character_effects", "chase_relat
 struct Raw<'a> {
     k: &'a str,
     s: Option<String>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     m: Option<&'a RawValue>,
     id: Option<i64>,
     a: Option<i64>,
@@ -130,6 +168,12 @@ struct Raw<'a> {
     r: Option<bool>,
     t: Option<&'a str>,
     c: Option<Vec<Vec<Option<String>>>>,
+}
+
+/// A field that is there, whatever its value: a broadcast's message may be JSON `null`, which
+/// a plain `Option` would read as absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Decodes a notification payload. The error says what was wrong, for the log.
@@ -169,6 +213,13 @@ pub fn parse(payload: &str) -> Result<Event, String> {
                 .map(|table| Event::Truncated(table, raw.a))
                 .ok_or_else(|| "truncate of an unknown table".to_string()),
         },
+        "a" => raw
+            .c
+            .ok_or("access change without entries")?
+            .into_iter()
+            .map(access_change)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Event::Access),
         "f" => {
             let entries = raw.c.ok_or("fight hint without entries")?;
             entries
@@ -181,6 +232,36 @@ pub fn parse(payload: &str) -> Result<Event, String> {
                 .map(|fights| Event::Fights(fights, raw.a))
         }
         other => Err(format!("unknown payload kind {other:?}")),
+    }
+}
+
+fn access_change(entry: Vec<Option<String>>) -> Result<AccessChange, String> {
+    let text = |i: usize| entry.get(i).and_then(|e| e.as_deref());
+    let id = |i: usize| -> Result<Uuid, String> {
+        let s = text(i).ok_or("access change without id")?;
+        Uuid::try_parse(s).map_err(|_| format!("bad uuid {s:?}"))
+    };
+    match text(0) {
+        Some("r") => Ok(AccessChange::Lost {
+            user: id(1)?,
+            campaign: id(2)?,
+        }),
+        Some("g") => Ok(AccessChange::Gained {
+            user: id(1)?,
+            campaign: id(2)?,
+        }),
+        Some("c") => Ok(AccessChange::CampaignGone(id(1)?)),
+        Some("u") => {
+            let flags = text(2).unwrap_or_default();
+            Ok(AccessChange::User {
+                user: id(1)?,
+                admin_lost: flags.contains('a'),
+                jti_changed: flags.contains('j'),
+                deactivated: flags.contains('i'),
+                deleted: flags.contains('x'),
+            })
+        }
+        other => Err(format!("bad access change {other:?}")),
     }
 }
 
@@ -247,6 +328,39 @@ mod tests {
     }
 
     #[test]
+    fn access() {
+        let u = "00000000-0000-4000-8000-0000000000a1";
+        let c = "00000000-0000-4000-8000-0000000000c1";
+        let (user, campaign) = (Uuid::try_parse(u).unwrap(), Uuid::try_parse(c).unwrap());
+        assert_eq!(
+            parse(&format!(
+                r#"{{"k":"a","a":1,"c":[["g","{u}","{c}"],["r","{u}","{c}"],["c","{c}"],["u","{u}","Aj"],["u","{u}","x"]]}}"#
+            )),
+            Ok(Event::Access(vec![
+                AccessChange::Gained { user, campaign },
+                AccessChange::Lost { user, campaign },
+                AccessChange::CampaignGone(campaign),
+                AccessChange::User {
+                    user,
+                    admin_lost: false,
+                    jti_changed: true,
+                    deactivated: false,
+                    deleted: false
+                },
+                AccessChange::User {
+                    user,
+                    admin_lost: false,
+                    jti_changed: false,
+                    deactivated: false,
+                    deleted: true
+                },
+            ]))
+        );
+        assert!(parse(r#"{"k":"a","c":[["r","nope","x"]]}"#).is_err());
+        assert!(parse(r#"{"k":"a","c":[["?"]]}"#).is_err());
+    }
+
+    #[test]
     fn combat() {
         let f = "00000000-0000-4000-8000-0000000000f1";
         let c = "00000000-0000-4000-8000-0000000000c1";
@@ -284,6 +398,15 @@ mod tests {
                 at: Some(5),
             })
         );
+        assert_eq!(
+            parse(r#"{"k":"b","s":"campaign_x","m":null}"#),
+            Ok(Event::Broadcast {
+                stream: "campaign_x".into(),
+                message: "null".into(),
+                at: None,
+            })
+        );
+        assert!(parse(r#"{"k":"b","s":"campaign_x"}"#).is_err());
         assert_eq!(
             parse(r#"{"k":"t","id":7}"#),
             Ok(Event::Stored { id: 7, at: None })

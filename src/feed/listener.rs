@@ -125,7 +125,7 @@ async fn listen_once(
             return Err("LISTEN timed out".into());
         }
     }
-    let current = crate::triggers::is_current(&client).await;
+    let current = crate::triggers::is_usable(&client).await;
     state.triggers_current.store(current, Ordering::Relaxed);
     state.listening.store(true, Ordering::Relaxed);
     if reconnect {

@@ -5,6 +5,7 @@
 //! and [`encounter`] the fights they touch into encounters ([`queue`] is the machinery both
 //! share). Calls the render station (through `coalesce`), the query pool and the hub.
 
+pub mod access;
 pub mod coalesce;
 pub mod encounter;
 pub mod event;
@@ -20,9 +21,9 @@ use uuid::Uuid;
 
 use self::coalesce::Coalescer;
 use self::encounter::Encounters;
-use self::event::{Event, Table};
-use self::queue::earliest;
+use self::event::{AccessChange, Action, Event, Table};
 use self::listener::Item;
+use self::queue::earliest;
 use crate::cable::frame::DisconnectReason;
 use crate::render::json::reencode;
 use crate::state::State;
@@ -48,11 +49,18 @@ pub async fn dispatch(
                 ));
             }
             Item::Notifications(group) => {
+                let events: Vec<Result<Event, String>> =
+                    group.iter().map(|p| event::parse(p)).collect();
+                // Revocations first: nothing committed with or after them may reach what they
+                // forbid (a group is normally one transaction's notifications).
+                let changes = access_changes(&events);
+                if !changes.is_empty() {
+                    access::apply(&state, &changes).await;
+                }
                 let mut fights: Vec<Uuid> = Vec::new();
                 let mut since: Option<i64> = None;
-                for payload in group {
-                    notification(&state, &rows, &encounters, &payload, &mut fights, &mut since)
-                        .await;
+                for event in events {
+                    notification(&state, &rows, &encounters, event, &mut fights, &mut since).await;
                 }
                 fights.sort_unstable();
                 fights.dedup();
@@ -62,17 +70,39 @@ pub async fn dispatch(
     }
 }
 
+/// The access changes among `events`: the reported ones, and fights that moved to another
+/// campaign (their FightChannel subscribers are decided again).
+fn access_changes(events: &[Result<Event, String>]) -> Vec<AccessChange> {
+    let mut out = Vec::new();
+    for event in events {
+        match event {
+            Ok(Event::Access(changes)) => out.extend(changes.iter().cloned()),
+            Ok(Event::Rows(rows, _)) => out.extend(
+                rows.iter()
+                    .filter(|r| {
+                        r.table == Table::Fights
+                            && r.action == Action::Update
+                            && r.old_campaign != r.new_campaign
+                    })
+                    .map(|r| AccessChange::FightMoved(r.id)),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Acts on one notification; adds the fights it names to `fights`.
 async fn notification(
     state: &Arc<State>,
     rows: &Coalescer,
     encounters: &Arc<Encounters>,
-    payload: &str,
+    event: Result<Event, String>,
     fights: &mut Vec<Uuid>,
     since: &mut Option<i64>,
 ) {
     state.metrics.notification();
-    match event::parse(payload) {
+    match event {
         Ok(Event::Broadcast {
             stream,
             message,
@@ -105,6 +135,8 @@ async fn notification(
             fights.extend(ids);
             *since = earliest(*since, at);
         }
+        // Applied before the group's other notifications.
+        Ok(Event::Access(_)) => {}
         Ok(Event::CombatTruncated(_)) => {
             tracing::info!("a combat table was truncated: re-rendering watched active fights");
             tokio::spawn(encounter::refresh_watched(

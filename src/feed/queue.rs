@@ -203,7 +203,11 @@ impl Ledger {
 
     /// Whether every piece of work made at or before `mark` has sent its messages.
     pub(super) fn settled(&self, mark: u64) -> bool {
-        self.lock().open.keys().next().is_none_or(|first| *first > mark)
+        self.lock()
+            .open
+            .keys()
+            .next()
+            .is_none_or(|first| *first > mark)
     }
 }
 
@@ -236,7 +240,11 @@ mod tests {
         *q.entry(('b', 1)).0 = true;
         *q.entry(('a', 2)).0 = true;
         let batch = q.take(10, |k| k.0, |ready| *ready).unwrap();
-        assert_eq!(batch, vec![(('b', 1), true)], "first ready key sets the group");
+        assert_eq!(
+            batch,
+            vec![(('b', 1), true)],
+            "first ready key sets the group"
+        );
         let batch = q.take(10, |k| k.0, |ready| *ready).unwrap();
         assert_eq!(batch, vec![(('a', 2), true)]);
         assert_eq!(q.take(10, |k| k.0, |ready| *ready), Err(None));

@@ -203,7 +203,9 @@ mod tests {
     #[test]
     fn name_tokens() {
         let id = "00000000-0000-4000-8000-0000000000f1";
-        let p = format!(r#"{{"id":"{id}","name":"Ambush \"at\" \\ the \u003cdocks\u003e","description":null}}"#);
+        let p = format!(
+            r#"{{"id":"{id}","name":"Ambush \"at\" \\ the \u003cdocks\u003e","description":null}}"#
+        );
         assert_eq!(
             name_token(&p),
             Some(r#""Ambush \"at\" \\ the \u003cdocks\u003e""#)
@@ -211,6 +213,9 @@ mod tests {
         let p = format!(r#"{{"id":"{id}","name":null,"description":null}}"#);
         assert_eq!(name_token(&p), Some("null"));
         assert_eq!(name_token(r#"{"id":"x","name":"a"}"#), None);
-        assert_eq!(name_token(&format!(r#"{{"id":"{id}","name":"unterminated\"}}"#)), None);
+        assert_eq!(
+            name_token(&format!(r#"{{"id":"{id}","name":"unterminated\"}}"#)),
+            None
+        );
     }
 }

@@ -8,13 +8,15 @@
 //! and writes each payload object
 //! byte for byte. Submodules: [`json`] (ActiveSupport encoding),
 //! [`image_url`] (the `WithImagekit` rule), one module per serializer
-//! (`character`, `vehicle`, `fight`) and `lite` for the nested serializers.
+//! (`character`, `vehicle`, `fight`, and `encounter` for the live combat
+//! payload of [`load_encounters`]) and `lite` for the nested serializers.
 //!
 //! Arrays have no order in Rails; the relay emits them in a stable order:
 //! id lists and `has_many` lists by the primary key of the row that links
 //! them (join-table row, `shots` row, `advancements`/`image_positions` row).
 
 mod character;
+mod encounter;
 mod fight;
 pub use fight::name_token as fight_name;
 pub mod image_url;
@@ -94,6 +96,31 @@ pub async fn load(
         Table::Vehicles => vehicle::load(client, ids, endpoint).await,
         Table::Fights => fight::load(client, ids, endpoint).await,
     }
+}
+
+/// Renders the `encounter` payload (EncounterSerializer, payloads.md §3.4,
+/// with the relay rules of §2.1) of each given fight that exists and is
+/// active (`started_at IS NOT NULL AND ended_at IS NULL`). The payload is the
+/// inner object, not yet wrapped in `{"encounter": …}`; `campaign_id` is the
+/// fight's. Inactive and missing fights are absent from the result, and
+/// duplicate ids are rendered once. Output follows no particular order.
+///
+/// The whole batch costs five pipelined queries (one round trip once they
+/// are prepared on the connection), however many fights and combatants it
+/// holds. As with [`load`], each query is sent when the returned future is
+/// first polled, so the caller may pipeline a `BEGIN ISOLATION LEVEL
+/// REPEATABLE READ READ ONLY` ahead of it and have every query read one
+/// snapshot; a fight that fails to render is logged and returned in the
+/// second vector; an `Err` means a query failed (see [`stale_statement`]).
+pub async fn load_encounters(
+    client: &ClientWrapper,
+    fight_ids: &[Uuid],
+    cfg: &RenderConfig,
+) -> Result<(Vec<Rendered>, Failed), tokio_postgres::Error> {
+    if fight_ids.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    encounter::load(client, fight_ids, cfg.imagekit_endpoint.as_deref()).await
 }
 
 /// Runs one render query as a statement prepared once per connection (a
@@ -201,14 +228,4 @@ impl Batch {
     pub(crate) fn finish(self) -> (Vec<Rendered>, Failed) {
         (self.rendered, self.failed)
     }
-}
-
-// TEMP STUB (replaced by the encounter renderer when merged)
-/// Encounters.
-pub async fn load_encounters(
-    _client: &ClientWrapper,
-    _ids: &[Uuid],
-    _cfg: &RenderConfig,
-) -> Result<(Vec<Rendered>, Failed), tokio_postgres::Error> {
-    Ok((Vec::new(), Vec::new()))
 }
