@@ -401,21 +401,26 @@ fn per_kind(a: &Collected, b: &Collected, per: f64, skip: usize) -> Vec<(String,
         .collect()
 }
 
-/// Waits until no frame arrived for `quiet` (at most `most`); the last collection.
+/// Waits until no frame arrived for `quiet` (at most `most`); the last collection, with the
+/// receipts of every collection made meanwhile.
 async fn settle(fleet: &mut Fleet, quiet: Duration, most: Duration) -> Result<Collected, String> {
     let t0 = Instant::now();
     let mut last = fleet.collect().await?;
+    let mut receipts = std::mem::take(&mut last.receipts);
     let mut changed = Instant::now();
     while t0.elapsed() < most {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = fleet.collect().await?;
-        if now.frames != last.frames {
+        let mut now = fleet.collect().await?;
+        receipts.append(&mut now.receipts);
+        let moved = now.frames != last.frames;
+        last = now;
+        if moved {
             changed = Instant::now();
         } else if changed.elapsed() >= quiet {
-            return Ok(now);
+            break;
         }
-        last = now;
     }
+    last.receipts = receipts;
     Ok(last)
 }
 

@@ -710,7 +710,10 @@ async fn run(which: &str, args: RunArgs) -> Result<Results, String> {
         },
         started,
     };
-    rails_ready(&mut ctx);
+    // Only these scenarios measure Rails.
+    if matches!(which, "all" | "single" | "fanout" | "connections") {
+        rails_ready(&mut ctx);
+    }
     let body = async {
         match which {
             "single" => scenario_single(&mut ctx).await,
