@@ -7,7 +7,10 @@
 //!    cached), before the relay starts; and the relay's own `pgcable_encounter_render_seconds`
 //!    from /metrics over the closed loop.
 //! 2. **fanout row at the same N**, same relay, same subscribers, just before: the reference of
-//!    the latency target ([`crate::fanout::measure`], variant `row`).
+//!    the latency target ([`crate::fanout::measure`], variant `row`). Then **a pipe message of
+//!    the encounter's size** (`pgcable.broadcast`, which hands a message that large over through
+//!    its table: one NOTIFY, one read, one frame per subscriber): what the same bytes cost
+//!    without the rows, the render and the row messages.
 //! 3. **Closed loop**: the writer commits action k+1 as soon as every subscriber has action k's
 //!    encounter (recognised by the `action_id` the action set, [`crate::worker::action_id`]), or
 //!    after a timeout that counts as a miss. Per action: commit → last subscriber, encounters
@@ -173,6 +176,10 @@ pub struct EncounterResult {
     pub row: Option<Round>,
     /// Per change of the row reference, commit → last subscriber.
     pub row_last_subscriber: Option<Latency>,
+    /// fanout pipe at the same N with a message of the encounter's size.
+    pub pipe: Option<Round>,
+    /// Per change of that pipe reference, commit → last subscriber.
+    pub pipe_last_subscriber: Option<Latency>,
     /// The closed loop.
     pub closed: Option<ClosedLoop>,
     /// The burst.
@@ -503,11 +510,12 @@ async fn one(ctx: &mut Ctx, plan: EncounterPlan) -> Result<EncounterResult, Stri
 
         let mut seq = 1000u32;
         ctx.progress(&format!("encounter: fanout row reference, N={n}"));
-        let row_plan = Plan {
+        let mut ref_plan = Plan {
             changes: plan.actions,
             gap: Duration::from_millis(25),
             change_timeout: Duration::from_secs(30),
             budget: plan.budget,
+            pad: None,
         };
         let writer = Writer::new(&ctx.db).await?;
         let row = match fanout::measure(
@@ -516,7 +524,7 @@ async fn one(ctx: &mut Ctx, plan: EncounterPlan) -> Result<EncounterResult, Stri
             &mut fleet,
             &writer,
             Variant::Row,
-            row_plan,
+            ref_plan,
             &mut seq,
             connect_secs,
         )
@@ -528,15 +536,40 @@ async fn one(ctx: &mut Ctx, plan: EncounterPlan) -> Result<EncounterResult, Stri
                 None
             }
         };
-        let row_last_subscriber = row.as_ref().map(|r| {
-            let v: Vec<i64> = r
-                .per_change_max_ms
-                .iter()
-                .filter(|v| v.is_finite())
-                .map(|v| (v * 1e6) as i64)
-                .collect();
-            Latency::from_ns(v, r.changes)
-        });
+        settle(
+            &mut fleet,
+            Duration::from_millis(300),
+            Duration::from_secs(10),
+        )
+        .await?;
+        let pipe = match &render {
+            Some(r) => {
+                ctx.progress(&format!(
+                    "encounter: fanout pipe reference of {} bytes, N={n}",
+                    r.payload_bytes
+                ));
+                ref_plan.pad = Some(r.payload_bytes);
+                match fanout::measure(
+                    ctx,
+                    &target,
+                    &mut fleet,
+                    &writer,
+                    Variant::Pipe,
+                    ref_plan,
+                    &mut seq,
+                    connect_secs,
+                )
+                .await
+                {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        ctx.problem(format!("encounter: fanout pipe reference: {e}"));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         settle(
             &mut fleet,
             Duration::from_millis(300),
@@ -583,8 +616,10 @@ async fn one(ctx: &mut Ctx, plan: EncounterPlan) -> Result<EncounterResult, Stri
             connect_secs,
             on_subscribe,
             render,
+            row_last_subscriber: row.as_ref().map(last_subscriber),
             row,
-            row_last_subscriber,
+            pipe_last_subscriber: pipe.as_ref().map(last_subscriber),
+            pipe,
             closed,
             burst,
         })
@@ -593,6 +628,17 @@ async fn one(ctx: &mut Ctx, plan: EncounterPlan) -> Result<EncounterResult, Stri
     fleet.close().await;
     target.stop().await;
     result
+}
+
+/// Per change of a fanout round, commit → its last subscriber.
+fn last_subscriber(r: &Round) -> Latency {
+    let v: Vec<i64> = r
+        .per_change_max_ms
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|v| (v * 1e6) as i64)
+        .collect();
+    Latency::from_ns(v, r.changes)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -892,26 +938,45 @@ pub fn tables(r: &EncounterResult, others: &[Kind]) -> Vec<Table> {
             "not measured (no encounter rendered)".into(),
         ));
     }
-    if let (Some(row), Some(last)) = (&r.row, &r.row_last_subscriber) {
-        rows.push((
-            format!(
-                "fanout row reference: {} changes, p50 / p99 (ms)",
-                row.changes
-            ),
-            format!("{} / {}", ms(row.latency.p50_ms), ms(row.latency.p99_ms)),
-        ));
-        rows.push((
-            "fanout row reference: commit → last subscriber p50 / p99 (ms)".into(),
-            format!("{} / {}", ms(last.p50_ms), ms(last.p99_ms)),
-        ));
-    }
+    let mut reference = |name: &str, round: &Option<Round>, last: &Option<Latency>| {
+        if let (Some(x), Some(last)) = (round, last) {
+            rows.push((
+                format!(
+                    "{name}: {} changes, {} B frames; each subscriber p50 / p99; last subscriber p50 / p99 (ms)",
+                    x.changes,
+                    num(Some(x.frame_bytes), 0)
+                ),
+                format!(
+                    "{} / {}; {} / {}",
+                    ms(x.latency.p50_ms),
+                    ms(x.latency.p99_ms),
+                    ms(last.p50_ms),
+                    ms(last.p99_ms)
+                ),
+            ));
+        }
+    };
+    reference("fanout row reference", &r.row, &r.row_last_subscriber);
+    reference(
+        "pipe of the encounter's size",
+        &r.pipe,
+        &r.pipe_last_subscriber,
+    );
     if let Some(c) = &r.closed {
         let q = r
             .row
             .as_ref()
             .and_then(|row| ratio(c.last_subscriber.p99_ms, row.latency.p99_ms));
         rows.push((
-            "encounter last-subscriber p99 / fanout row p99".into(),
+            "encounter last-subscriber p99 / fanout row p99 (target ≤ 2)".into(),
+            num(q, 2),
+        ));
+        let q = r
+            .pipe_last_subscriber
+            .as_ref()
+            .and_then(|p| ratio(c.last_subscriber.p99_ms, p.p99_ms));
+        rows.push((
+            "encounter / same-size pipe, last-subscriber p99".into(),
             num(q, 2),
         ));
     }

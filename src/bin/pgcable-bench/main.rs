@@ -357,6 +357,7 @@ async fn scenario_single(ctx: &mut Ctx) {
         gap: Duration::from_millis(10),
         change_timeout: Duration::from_secs(10),
         budget: Duration::from_secs(ctx.args.budget),
+        pad: None,
     };
     let rounds = fanout::run(ctx, &[1], plan, "single").await;
     let mut t = Table::new(
@@ -393,6 +394,7 @@ async fn scenario_fanout(ctx: &mut Ctx) {
         gap: Duration::from_millis(25),
         change_timeout: Duration::from_secs(30),
         budget: Duration::from_secs(ctx.args.budget),
+        pad: None,
     };
     let rounds = fanout::run(ctx, &ns, plan, "fanout").await;
     for t in fanout::tables(&rounds, "fanout") {
