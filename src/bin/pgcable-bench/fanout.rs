@@ -210,6 +210,8 @@ pub struct Plan {
     pub change_timeout: Duration,
     /// Longest time for all changes of one (variant, N).
     pub budget: Duration,
+    /// Bytes of padding in a pipe message (None: `--payload-bytes`).
+    pub pad: Option<usize>,
 }
 
 /// Makes `plan.changes` changes and measures them at the fleet's current size.
@@ -225,7 +227,7 @@ pub async fn measure(
     connect_secs: f64,
 ) -> Result<Round, String> {
     let n = fleet.connections();
-    let pad = "x".repeat(ctx.args.payload_bytes);
+    let pad = "x".repeat(plan.pad.unwrap_or(ctx.args.payload_bytes));
     let client_cpu0 = fleet.cpu_secs();
     let server_cpu0 = target.cpu_secs();
     let before = fleet.collect().await?;

@@ -47,6 +47,13 @@ pub struct Collected {
     pub bytes: u64,
     /// Live connections now.
     pub live: usize,
+    /// Encounters a connection received again (same sequence number as its previous one), in
+    /// total so far.
+    pub duplicates: u64,
+    /// Encounters older than one the connection had already received, in total so far.
+    pub stale: u64,
+    /// Frames and bytes per [`crate::worker::KINDS`], in total so far.
+    pub kinds: [(u64, u64); crate::worker::KINDS.len()],
 }
 
 /// The workers.
@@ -275,6 +282,14 @@ impl Fleet {
                             ) {
                                 out.receipts.push((seq, at));
                             }
+                        } else if let Some(k) = line.strip_prefix("kinds ") {
+                            let v: Vec<u64> = k.split(' ').filter_map(|x| x.parse().ok()).collect();
+                            for (i, pair) in v.chunks_exact(2).enumerate() {
+                                if let Some(slot) = out.kinds.get_mut(i) {
+                                    slot.0 += pair[0];
+                                    slot.1 += pair[1];
+                                }
+                            }
                         } else if let Some(e) = line.strip_prefix("end ") {
                             end = Some(e.to_string());
                         } else if line == "exited" {
@@ -283,11 +298,15 @@ impl Fleet {
                     }
                     if let Some(e) = end {
                         let v: Vec<u64> = e.split(' ').filter_map(|x| x.parse().ok()).collect();
-                        if v.len() == 5 {
+                        if v.len() >= 5 {
                             out.frames += v[0];
                             out.other += v[2];
                             out.bytes += v[3];
                             out.live += v[4] as usize;
+                        }
+                        if v.len() >= 7 {
+                            out.duplicates += v[5];
+                            out.stale += v[6];
                         }
                         break;
                     }
@@ -300,6 +319,26 @@ impl Fleet {
             }
         }
         Ok(out)
+    }
+
+    /// How many live connections' newest encounter carries `seq`, and how many are live.
+    pub async fn at_last(&mut self, seq: u32) -> Result<(usize, usize), String> {
+        let mut asked = Vec::new();
+        for w in 0..self.workers.len() {
+            if self.workers[w].conns > 0 {
+                self.send(w, &format!("last {seq}")).await?;
+                asked.push(w);
+            }
+        }
+        let (mut at, mut live) = (0, 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for w in asked {
+            let line = self.reply(w, "last ", deadline).await?;
+            let mut parts = line.split(' ').skip(1);
+            at += parts.next().and_then(|v| v.parse().ok()).unwrap_or(0usize);
+            live += parts.next().and_then(|v| v.parse().ok()).unwrap_or(0usize);
+        }
+        Ok((at, live))
     }
 
     /// Closes every connection and ends the workers.

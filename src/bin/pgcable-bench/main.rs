@@ -6,6 +6,7 @@
 //! cargo run --release --bin pgcable-bench -- fanout --n 1000 --changes 20 --target pgcable,floor
 //! cargo run --release --bin pgcable-bench -- connections --n 50000 --json
 //! cargo run --release --bin pgcable-bench -- bridge --n 1000          # Redis PUBLISH → client
+//! cargo run --release --bin pgcable-bench -- encounter      # live combat, 1,000 subscribers
 //! ```
 //!
 //! Each run creates its own database (`pgcable_bench_<random>`, dropped at the end), starts the
@@ -14,11 +15,14 @@
 //!
 //! Modules: [`db`] the database and tokens, [`targets`] the servers, [`floor`] the floor server,
 //! [`fleet`] and [`worker`] the load client, [`ws`] its WebSocket framing, [`fanout`],
-//! [`connections`], [`ingest`] and [`writer`] the scenarios, [`report`] tables and JSON,
-//! [`sys`] clocks, limits and /proc.
+//! [`connections`], [`ingest`], [`writer`] and [`encounter`] the scenarios ([`combat`] is the
+//! encounter's fight and its combat actions), [`report`] tables and JSON, [`sys`] clocks, limits
+//! and /proc.
 
+mod combat;
 mod connections;
 mod db;
+mod encounter;
 mod fanout;
 mod fleet;
 mod floor;
@@ -68,6 +72,9 @@ enum Command {
     /// Rails bridge: Redis PUBLISH (as Rails' ActionCable does) to N subscribers through
     /// pgcable's bridge, beside pgcable.broadcast at the same N (pgcable only; needs Redis).
     Bridge(RunArgs),
+    /// Live combat: a started fight of 40 combatants, N subscribers of its campaign, combat
+    /// actions; encounter render time and commit-to-client latency (pgcable only).
+    Encounter(RunArgs),
     /// (internal) The floor server.
     #[command(hide = true)]
     FloorServe {
@@ -88,10 +95,11 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     target: Vec<String>,
     /// Subscribers (fanout: a list, default 1,100,1000,10000; connections: default 50000;
-    /// ingest: default 1000).
+    /// ingest and encounter: default 1000).
     #[arg(long, value_delimiter = ',')]
     n: Vec<usize>,
-    /// Changes per (server, variant, N) (fanout: 100, single: 200).
+    /// Changes per (server, variant, N) (fanout: 100, single: 200; encounter: combat actions in
+    /// the closed loop and in the burst, and changes of its fanout row reference, 100).
     #[arg(long)]
     changes: Option<usize>,
     /// Fanout/single variants: pipe, row or all.
@@ -137,6 +145,9 @@ pub struct RunArgs {
     /// Ingest: characters per campaign.
     #[arg(long, default_value_t = 100)]
     rows_per_campaign: usize,
+    /// Encounter: direct renders of the fight's encounter to time.
+    #[arg(long, default_value_t = 200)]
+    renders: usize,
     /// Writer: pgbench rounds (best is taken).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -193,6 +204,8 @@ pub struct Results {
     pub ingest: Option<ingest::IngestResult>,
     /// writer.
     pub writer: Option<writer::WriterResult>,
+    /// encounter.
+    pub encounter: Option<encounter::EncounterResult>,
     /// Targets of the issue, met or not.
     pub targets: Vec<Check>,
     /// What went wrong along the way.
@@ -356,6 +369,7 @@ async fn scenario_single(ctx: &mut Ctx) {
         gap: Duration::from_millis(10),
         change_timeout: Duration::from_secs(10),
         budget: Duration::from_secs(ctx.args.budget),
+        pad: None,
     };
     let rounds = fanout::run(ctx, &[1], plan, "single").await;
     let mut t = Table::new(
@@ -392,6 +406,7 @@ async fn scenario_fanout(ctx: &mut Ctx) {
         gap: Duration::from_millis(25),
         change_timeout: Duration::from_secs(30),
         budget: Duration::from_secs(ctx.args.budget),
+        pad: None,
     };
     let rounds = fanout::run(ctx, &ns, plan, "fanout").await;
     for t in fanout::tables(&rounds, "fanout") {
@@ -411,6 +426,7 @@ async fn scenario_bridge(ctx: &mut Ctx) {
         gap: Duration::from_millis(25),
         change_timeout: Duration::from_secs(30),
         budget: Duration::from_secs(ctx.args.budget),
+        pad: None,
     };
     let saved = (ctx.args.target.clone(), ctx.args.variant.clone());
     ctx.args.target = vec!["pgcable".into()];
@@ -486,6 +502,27 @@ async fn scenario_writer(ctx: &mut Ctx) {
             ctx.results.writer = Some(r);
         }
         Err(e) => ctx.problem(format!("writer: {e}")),
+    }
+}
+
+async fn scenario_encounter(ctx: &mut Ctx) {
+    let plan = encounter::EncounterPlan {
+        subscribers: ctx.args.n.first().copied().unwrap_or(1000),
+        actions: ctx.args.changes.unwrap_or(100),
+        renders: ctx.args.renders,
+        action_timeout: Duration::from_secs(5),
+        budget: Duration::from_secs(ctx.args.budget),
+    };
+    let others: Vec<Kind> = ctx
+        .targets()
+        .into_iter()
+        .filter(|k| *k != Kind::Pgcable)
+        .collect();
+    if let Some(r) = encounter::run(ctx, plan).await {
+        for t in encounter::tables(&r, &others) {
+            ctx.print(t);
+        }
+        ctx.results.encounter = Some(r);
     }
 }
 
@@ -593,6 +630,60 @@ fn checks(r: &Results) -> Vec<Check> {
             .unwrap_or_else(|| "not measured".into()),
         cost.map(|c| c <= 10.0),
     );
+    let enc = r.encounter.as_ref();
+    let render = enc.and_then(|e| e.render.as_ref());
+    check(
+        "encounter render p50 ≤ 5 ms (40 combatants)",
+        render
+            .map(|x| format!("{} ms (p99 {} ms)", ms(x.p50_ms), ms(x.p99_ms)))
+            .unwrap_or_else(|| "not measured".into()),
+        render.map(|x| x.p50_ms <= 5.0),
+    );
+    let closed = enc.and_then(|e| e.closed.as_ref());
+    let row = enc.and_then(|e| e.row.as_ref());
+    let q = closed
+        .zip(row)
+        .and_then(|(c, r)| ratio(c.last_subscriber.p99_ms, r.latency.p99_ms));
+    check(
+        &format!(
+            "encounter commit→last-subscriber p99 ≤ 2 × fanout-row p99 at N = {}",
+            enc.map(|e| e.subscribers).unwrap_or(1000)
+        ),
+        match (closed, row) {
+            (Some(c), Some(r)) => format!(
+                "{} vs {} ms: {}×",
+                ms(c.last_subscriber.p99_ms),
+                ms(r.latency.p99_ms),
+                num(q, 2)
+            ),
+            _ => "not measured".into(),
+        },
+        q.map(|q| q <= 2.0),
+    );
+    check(
+        "exactly 1 encounter per combat action per subscriber",
+        closed
+            .map(|c| {
+                format!(
+                    "{} per action ({} duplicates, {} stale, {} missed of {} × {})",
+                    num(Some(c.encounters_per_action), 3),
+                    c.duplicates,
+                    c.stale,
+                    c.missed,
+                    c.actions,
+                    enc.map(|e| e.subscribers).unwrap_or(0)
+                )
+            })
+            .unwrap_or_else(|| "not measured".into()),
+        closed.map(|c| {
+            c.actions > 0
+                && c.duplicates == 0
+                && c.stale == 0
+                && c.missed == 0
+                && c.unmarked == 0
+                && c.encounters_per_action == 1.0
+        }),
+    );
     for variant in [Variant::Pipe, Variant::Row] {
         let s = r
             .single
@@ -672,7 +763,10 @@ async fn run(which: &str, args: RunArgs) -> Result<Results, String> {
         },
         started,
     };
-    rails_ready(&mut ctx);
+    // Only these scenarios measure Rails.
+    if matches!(which, "all" | "single" | "fanout" | "connections") {
+        rails_ready(&mut ctx);
+    }
     let body = async {
         match which {
             "single" => scenario_single(&mut ctx).await,
@@ -681,6 +775,7 @@ async fn run(which: &str, args: RunArgs) -> Result<Results, String> {
             "ingest" => scenario_ingest(&mut ctx).await,
             "writer" => scenario_writer(&mut ctx).await,
             "bridge" => scenario_bridge(&mut ctx).await,
+            "encounter" => scenario_encounter(&mut ctx).await,
             _ => {
                 scenario_single(&mut ctx).await;
                 scenario_fanout(&mut ctx).await;
@@ -688,6 +783,7 @@ async fn run(which: &str, args: RunArgs) -> Result<Results, String> {
                 scenario_connections(&mut ctx).await;
                 scenario_ingest(&mut ctx).await;
                 scenario_writer(&mut ctx).await;
+                scenario_encounter(&mut ctx).await;
             }
         }
     };
@@ -778,6 +874,7 @@ fn main() -> ExitCode {
         Command::Writer(a) => ("writer", a),
         Command::Single(a) => ("single", a),
         Command::Bridge(a) => ("bridge", a),
+        Command::Encounter(a) => ("encounter", a),
     };
     let json = args.json;
     match runtime.block_on(run(which, args)) {

@@ -7,23 +7,29 @@
 //! |---|---|
 //! | `open <count> <deadline ms> <parallel> <identifier>` | `opened <ok> <failed> <first error>` |
 //! | `expect <seq>` | later `done <seq>` once every live connection has received `seq` |
-//! | `collect` | `r <seq> <receipt ns>` lines, then `end <frames> <pings> <other> <bytes> <live>` |
+//! | `collect` | `r <seq> <receipt ns>` lines, `kinds <frames> <bytes>` (per [`KINDS`], in order), then `end <frames> <pings> <other> <bytes> <live> <duplicates> <stale>` |
 //! | `stats` | `stats <live> <frames> <pings> <other> <bytes>` |
+//! | `last <seq>` | `last <connections whose newest encounter carries seq> <live>` |
 //! | `close` | `closed`, then the process exits |
 //!
 //! Connections are processes of their own (one tokio task each): connect from the worker's
 //! source address, upgrade, wait for the welcome, subscribe, wait for the confirmation, then
 //! read. A broadcast's sequence number is found by its marker (`{"q":<n>` for a pipe message,
-//! `"name":"bench-<n>` for a rendered character); frames with neither are counted as `other`.
+//! `"name":"bench-<n>` for a rendered character, an `action_id` made by [`action_id`] for an
+//! encounter); frames with none are counted as `other`. A connection stamps only the first
+//! receipt of an encounter's sequence number: an encounter carrying the same number as the
+//! connection's previous one is counted as a duplicate, one carrying an older number as stale
+//! (one fight's states reach a client in commit order, so either is a fault).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch, Semaphore};
+use uuid::Uuid;
 
 use crate::sys::now_ns;
 use crate::ws::{Incoming, Socket};
@@ -60,6 +66,12 @@ struct Shared {
     pings: AtomicU64,
     other: AtomicU64,
     bytes: AtomicU64,
+    duplicates: AtomicU64,
+    stale: AtomicU64,
+    /// Frames and bytes per [`KINDS`].
+    kinds: [(AtomicU64, AtomicU64); KINDS.len()],
+    /// Per live connection, the sequence number of its newest encounter (`u32::MAX`: none).
+    lasts: Mutex<HashMap<usize, Arc<AtomicU32>>>,
     shards: Vec<Mutex<Vec<(u32, u64)>>>,
     counts: Mutex<HashMap<u32, Count>>,
     events: mpsc::UnboundedSender<String>,
@@ -125,13 +137,69 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The sequence number a broadcast frame carries, if any: `{"q":<n>,…}` as the message (a
-/// pipe message; `q` sorts first in jsonb), or a character named `bench-<n>` (a row payload,
-/// whose name is its second key). Only the start of the message is looked at.
-pub fn frame_seq(text: &[u8]) -> Option<u32> {
+/// Broadcast kinds, by the message's first key; `other` is anything else (pipe messages too).
+pub const KINDS: [&str; 8] = [
+    "encounter",
+    "character",
+    "characters",
+    "fight",
+    "fights",
+    "vehicle",
+    "vehicles",
+    "other",
+];
+
+/// The message of a broadcast frame (from its `"message":` key to the frame's last byte).
+pub fn message(text: &[u8]) -> Option<&[u8]> {
     // The identifier is a JSON string, so the first `"message":` is the key itself.
     let m = find(text, b"\"message\":")? + b"\"message\":".len();
-    let msg = &text[m..];
+    Some(&text[m..])
+}
+
+/// Which of [`KINDS`] a message is.
+pub fn message_kind(msg: &[u8]) -> usize {
+    let Some(key) = msg.strip_prefix(b"{\"") else {
+        return KINDS.len() - 1;
+    };
+    let end = key.iter().take(16).position(|b| *b == b'"');
+    let key = end.map(|e| &key[..e]).unwrap_or(b"");
+    KINDS
+        .iter()
+        .position(|k| k.as_bytes() == key)
+        .unwrap_or(KINDS.len() - 1)
+}
+
+/// What every marker `action_id` starts with; its last 12 characters are the sequence number in
+/// decimal (decimal digits are hex digits, so it is a well-formed uuid).
+const ACTION_PREFIX: &str = "00000000-0000-4000-8000-";
+
+/// The `fights.action_id` the bench's combat actions set for sequence number `seq`.
+pub fn action_id(seq: u32) -> Uuid {
+    Uuid::try_parse(&format!("{ACTION_PREFIX}{seq:012}")).unwrap_or_else(|_| Uuid::nil())
+}
+
+/// The sequence number in an encounter's `action_id`, its last key (only the message's tail
+/// is looked at: an encounter of a large fight is tens of kilobytes).
+fn encounter_seq(msg: &[u8]) -> Option<u32> {
+    let tail = &msg[msg.len().saturating_sub(96)..];
+    let key = b"\"action_id\":\"";
+    let at = tail.windows(key.len()).rposition(|w| w == key)? + key.len();
+    let id = tail.get(at..at + 36)?;
+    let digits = id.strip_prefix(ACTION_PREFIX.as_bytes())?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The sequence number a broadcast frame carries, if any: `{"q":<n>,…}` as the message (a
+/// pipe message; `q` sorts first in jsonb), a character named `bench-<n>` (a row payload,
+/// whose name is its second key), or an encounter whose `action_id` is [`action_id`]`(n)`.
+/// Only the start of the message (the end, for an encounter) is looked at.
+#[cfg(test)]
+pub fn frame_seq(text: &[u8]) -> Option<u32> {
+    message_seq(message(text)?)
+}
+
+/// [`frame_seq`] of a frame's message.
+pub fn message_seq(msg: &[u8]) -> Option<u32> {
     if let Some(seq) = seq_at(msg, b"{\"q\":") {
         return Some(seq);
     }
@@ -139,6 +207,9 @@ pub fn frame_seq(text: &[u8]) -> Option<u32> {
         let head = &msg[..msg.len().min(160)];
         let at = find(head, b"\"name\":\"bench-")?;
         return seq_at(&head[at..], b"\"name\":\"bench-");
+    }
+    if msg.starts_with(b"{\"encounter\":{") {
+        return encounter_seq(msg);
     }
     None
 }
@@ -153,6 +224,10 @@ pub async fn run(args: WorkerArgs) -> Result<(), String> {
         pings: AtomicU64::new(0),
         other: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        kinds: std::array::from_fn(|_| (AtomicU64::new(0), AtomicU64::new(0))),
+        lasts: Mutex::new(HashMap::new()),
         shards: (0..SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
         counts: Mutex::new(HashMap::new()),
         events,
@@ -221,13 +296,23 @@ pub async fn run(args: WorkerArgs) -> Result<(), String> {
                     }
                 }
                 shared.lock_counts().retain(|_, c| c.expected);
+                out.push_str("kinds");
+                for (frames, bytes) in &shared.kinds {
+                    out.push_str(&format!(
+                        " {} {}",
+                        frames.load(Ordering::Relaxed),
+                        bytes.load(Ordering::Relaxed)
+                    ));
+                }
                 out.push_str(&format!(
-                    "end {} {} {} {} {}",
+                    "\nend {} {} {} {} {} {} {}",
                     shared.frames.load(Ordering::Relaxed),
                     shared.pings.load(Ordering::Relaxed),
                     shared.other.load(Ordering::Relaxed),
                     shared.bytes.load(Ordering::Relaxed),
-                    shared.live.load(Ordering::SeqCst)
+                    shared.live.load(Ordering::SeqCst),
+                    shared.duplicates.load(Ordering::Relaxed),
+                    shared.stale.load(Ordering::Relaxed)
                 ));
                 let _ = shared.events.send(out);
             }
@@ -240,6 +325,17 @@ pub async fn run(args: WorkerArgs) -> Result<(), String> {
                     shared.other.load(Ordering::Relaxed),
                     shared.bytes.load(Ordering::Relaxed)
                 ));
+            }
+            "last" => {
+                let seq = words.next().and_then(|w| w.parse::<u32>().ok());
+                let lasts = shared.lasts.lock().unwrap_or_else(|p| p.into_inner());
+                let at = lasts
+                    .values()
+                    .filter(|l| Some(l.load(Ordering::Relaxed)) == seq)
+                    .count();
+                let live = lasts.len();
+                drop(lasts);
+                let _ = shared.events.send(format!("last {at} {live}"));
             }
             "close" => break,
             _ => {}
@@ -340,33 +436,44 @@ struct Conn {
     subscribe: Arc<[u8]>,
 }
 
+/// Connects, upgrades, waits for the welcome, sends `subscribe` (the whole subscribe command)
+/// and waits for its confirmation.
+pub async fn subscribed(
+    source: Option<Ipv4Addr>,
+    addr: SocketAddr,
+    path: &str,
+    subscribe: &[u8],
+) -> Result<Socket, String> {
+    let mut sock = Socket::connect(source, addr, path).await?;
+    let welcome = loop {
+        match sock.next().await? {
+            Incoming::Text(t) if t.starts_with(br#"{"type":"ping""#) => continue,
+            Incoming::Text(t) => break String::from_utf8_lossy(t).into_owned(),
+            Incoming::Closed => return Err("closed before the welcome".into()),
+        }
+    };
+    if welcome != r#"{"type":"welcome"}"# {
+        return Err(format!("expected the welcome, got {welcome}"));
+    }
+    sock.send_text(subscribe).await?;
+    loop {
+        match sock.next().await? {
+            Incoming::Text(t) if t.starts_with(br#"{"type":"ping""#) => continue,
+            Incoming::Text(t) => {
+                let text = String::from_utf8_lossy(t);
+                if text.contains(r#""type":"confirm_subscription""#) {
+                    return Ok(sock);
+                }
+                return Err(format!("expected the confirmation, got {text}"));
+            }
+            Incoming::Closed => return Err("closed before the confirmation".into()),
+        }
+    }
+}
+
 impl Conn {
     async fn setup(&self) -> Result<Socket, String> {
-        let mut sock = Socket::connect(self.source, self.addr, &self.path).await?;
-        let welcome = loop {
-            match sock.next().await? {
-                Incoming::Text(t) if t.starts_with(br#"{"type":"ping""#) => continue,
-                Incoming::Text(t) => break String::from_utf8_lossy(t).into_owned(),
-                Incoming::Closed => return Err("closed before the welcome".into()),
-            }
-        };
-        if welcome != r#"{"type":"welcome"}"# {
-            return Err(format!("expected the welcome, got {welcome}"));
-        }
-        sock.send_text(&self.subscribe).await?;
-        loop {
-            match sock.next().await? {
-                Incoming::Text(t) if t.starts_with(br#"{"type":"ping""#) => continue,
-                Incoming::Text(t) => {
-                    let text = String::from_utf8_lossy(t);
-                    if text.contains(r#""type":"confirm_subscription""#) {
-                        return Ok(sock);
-                    }
-                    return Err(format!("expected the confirmation, got {text}"));
-                }
-                Incoming::Closed => return Err("closed before the confirmation".into()),
-            }
-        }
+        subscribed(self.source, self.addr, &self.path, &self.subscribe).await
     }
 
     async fn run(
@@ -396,6 +503,12 @@ impl Conn {
                 return;
             }
         };
+        let last = Arc::new(AtomicU32::new(u32::MAX));
+        shared
+            .lasts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.index, last.clone());
         shared.live.fetch_add(1, Ordering::SeqCst);
         let _ = results.send(Ok(()));
         drop(results);
@@ -416,7 +529,22 @@ impl Conn {
                         }
                         shared.frames.fetch_add(1, Ordering::Relaxed);
                         shared.bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
-                        match frame_seq(t) {
+                        let msg = message(t).unwrap_or(b"");
+                        let (frames, bytes) = &shared.kinds[message_kind(msg)];
+                        frames.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
+                        match message_seq(msg) {
+                            Some(seq) if msg.starts_with(b"{\"encounter\"") => {
+                                let before = last.load(Ordering::Relaxed);
+                                if before == seq {
+                                    shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                                } else if before != u32::MAX && before > seq {
+                                    shared.stale.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    last.store(seq, Ordering::Relaxed);
+                                    shared.receipt(shard, seq, at);
+                                }
+                            }
                             Some(seq) => shared.receipt(shard, seq, at),
                             None => {
                                 shared.other.fetch_add(1, Ordering::Relaxed);
@@ -427,6 +555,11 @@ impl Conn {
                 },
             }
         }
+        shared
+            .lasts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.index);
         shared.live.fetch_sub(1, Ordering::SeqCst);
         let mut map = shared.lock_counts();
         shared.check_done(&mut map, None);
@@ -455,5 +588,37 @@ mod tests {
             frame_seq(br#"{"identifier":"x","message":{"characters":"reload"}}"#),
             None
         );
+        let enc = format!(
+            r#"{{"identifier":"x","message":{{"encounter":{{"id":"f","name":"bench-3","vehicle_ids":[],"action_id":"{}"}}}}}}"#,
+            action_id(1234)
+        );
+        assert_eq!(frame_seq(enc.as_bytes()), Some(1234));
+        assert_eq!(
+            frame_seq(br#"{"identifier":"x","message":{"encounter":{"id":"f","action_id":null}}}"#),
+            None
+        );
+        assert_eq!(
+            frame_seq(br#"{"identifier":"x","message":{"encounter":{"id":"f","action_id":"5a0e2bd4-4cd4-4c83-9e2b-6f3a1d2c9b10"}}}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn tells_kinds_apart() {
+        let kind = |t: &[u8]| KINDS[message_kind(message(t).unwrap_or(b""))];
+        assert_eq!(
+            kind(br#"{"identifier":"x","message":{"encounter":{"id":1}}}"#),
+            "encounter"
+        );
+        assert_eq!(
+            kind(br#"{"identifier":"x","message":{"characters":"reload"}}"#),
+            "characters"
+        );
+        assert_eq!(
+            kind(br#"{"identifier":"x","message":{"fight":{"id":1}}}"#),
+            "fight"
+        );
+        assert_eq!(kind(br#"{"identifier":"x","message":{"q":1}}"#), "other");
+        assert_eq!(kind(br#"{"type":"ping"}"#), "other");
     }
 }
