@@ -3,9 +3,10 @@
 //!
 //! Owns the fight queue: a fight named by any number of changes that arrive together is
 //! rendered once; one that keeps changing is rendered at most every [`HOT_FIGHT`], never with a
-//! delay on its first change, and always again after its last change. An encounter waits for
-//! the row messages of the notifications that named it (the [`Ledger`]), so a client sees
-//! `{"character":…}` and its reload before the encounter they belong to.
+//! delay on its first change, and always again after its last change. An encounter is rendered
+//! at once but sent only after the row messages of the notifications that named it (the
+//! [`Ledger`]), so a client sees `{"character":…}` and its reload before the encounter they
+//! belong to, and the render overlaps with sending those.
 //! Calls the render station (through the coalescer's snapshot read), the pool and the hub.
 
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ const ATTEMPTS: u8 = 3;
 /// What is owed for one fight.
 #[derive(Debug, Default, Clone, Copy)]
 struct Work {
-    /// Render only once the row work up to this [`Ledger`] mark has sent its messages.
+    /// Send only once the row work up to this [`Ledger`] mark has sent its messages.
     after: u64,
     /// When the oldest change folded in here was written (µs since the epoch).
     since: Option<i64>,
@@ -72,12 +73,7 @@ impl Encounters {
             drive(
                 &waker.wake,
                 parallel,
-                move || {
-                    let ledger = &taker.ledger;
-                    taker
-                        .lock()
-                        .take(BATCH, |_| (), |w| ledger.settled(w.after))
-                },
+                move || taker.lock().take(BATCH, |_| (), |_| true),
                 move |batch: Vec<(Uuid, Work)>| {
                     let fights = fights.clone();
                     let state = state.clone();
@@ -172,6 +168,10 @@ async fn process(
         }
     };
     state.metrics.encounter_render(started.elapsed());
+    // The render read a state at least as new as every change that named these fights; what
+    // waits is the send, until the row messages those changes owe have gone out.
+    let after = batch.iter().map(|(_, w)| w.after).max().unwrap_or_default();
+    fights.ledger.settle(after).await;
     for (id, work) in batch {
         match loaded.rows.remove(id) {
             Some((Some(campaign), Some(payload))) => {

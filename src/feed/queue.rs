@@ -160,6 +160,8 @@ pub(super) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 #[derive(Debug, Default)]
 pub struct Ledger {
     inner: Mutex<LedgerInner>,
+    /// Woken whenever work closes.
+    closed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -198,6 +200,22 @@ impl Ledger {
             if *n == 0 {
                 l.open.remove(&mark);
             }
+        }
+        drop(l);
+        self.closed.notify_waiters();
+    }
+
+    /// Resolves once every piece of work made at or before `mark` has sent its messages.
+    pub(super) async fn settle(&self, mark: u64) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            // Registered before the check, so a close between the two is not missed.
+            closed.as_mut().enable();
+            if self.settled(mark) {
+                return;
+            }
+            closed.await;
         }
     }
 
