@@ -143,11 +143,7 @@ impl Encounters {
 
 /// Renders a batch and sends each active fight's encounter to its campaign. Returns the
 /// fights to try again (the read failed).
-async fn process(
-    state: &State,
-    fights: &Encounters,
-    batch: &[(Uuid, Work)],
-) -> Vec<(Uuid, Work)> {
+async fn process(state: &State, fights: &Encounters, batch: &[(Uuid, Work)]) -> Vec<(Uuid, Work)> {
     let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
     let started = std::time::Instant::now();
     let mut loaded = match reread(state, Read::Encounters(&ids)).await {
