@@ -482,56 +482,17 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// Accepts any certificate (the modes that do not verify), but still checks that the server
-/// holds the key of the certificate it showed.
+/// The verifier of the modes that do not check the host name: with `roots`, the chain up to a
+/// trusted CA (`verify-ca`, or `require`/`prefer` with a CA file); without, any certificate
+/// (`require`, `prefer`). Either way it checks that the server holds the key of the
+/// certificate it showed.
 #[derive(Debug)]
-struct NoCheck {
+struct WithoutName {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// Checks the chain up to a trusted CA, not the name (`verify-ca`).
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for NoCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for WithoutName {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -540,14 +501,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -585,13 +548,19 @@ pub fn connector(settings: &Settings) -> Result<MakeTls, String> {
         (_, Roots::File(path)) => Some(file_roots(path)?),
     };
     let verifier: Arc<dyn ServerCertVerifier> = match (settings.verify, roots) {
-        (Verify::Chain, Some(roots)) => Arc::new(ChainOnly { roots, algorithms }),
+        (Verify::Chain, Some(roots)) => Arc::new(WithoutName {
+            roots: Some(roots),
+            algorithms,
+        }),
         (Verify::ChainAndName, Some(roots)) => {
             WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
                 .map_err(|e| format!("cannot set up certificate verification: {e}"))?
         }
-        _ => Arc::new(NoCheck { algorithms }),
+        _ => Arc::new(WithoutName {
+            roots: None,
+            algorithms,
+        }),
     };
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
