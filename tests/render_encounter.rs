@@ -10,23 +10,16 @@
 //! The server is `postgres://postgres@127.0.0.1:5432/postgres` unless
 //! `PGCABLE_TEST_ADMIN_URL` says otherwise.
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+mod render_db;
+
+use render_db::read;
 use std::time::Instant;
 
-use futures_util::FutureExt as _;
 use pgcable::render::{self, RenderConfig, Rendered};
-use tokio_postgres::{Client, Config, NoTls};
 use uuid::Uuid;
 
 const ENDPOINT: &str = "https://ik.imagekit.io/demo/chi-war-test/";
 const CAMPAIGN: Uuid = Uuid::from_u128(0xca000000_0000_0000_0000_000000000001);
-
-fn read(rel: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
 
 /// The expected payload: the golden file's lines, trimmed at the start, joined.
 fn golden(file: &str) -> String {
@@ -34,66 +27,6 @@ fn golden(file: &str) -> String {
         .lines()
         .map(str::trim_start)
         .collect()
-}
-
-fn admin_config() -> Config {
-    let url = std::env::var("PGCABLE_TEST_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    url.parse().expect("PGCABLE_TEST_ADMIN_URL")
-}
-
-async fn connect(config: &Config) -> Client {
-    let (client, connection) = config.connect(NoTls).await.expect("connect to Postgres");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-/// Runs `body` against a fresh database holding the schema and the fixture,
-/// then drops the database (also if `body` panics).
-async fn with_db<F, Fut>(body: F)
-where
-    F: FnOnce(deadpool_postgres::Client) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let admin_cfg = admin_config();
-    let admin = connect(&admin_cfg).await;
-    let name = format!("pgcable_encounter_{}", Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"
-        ))
-        .await
-        .expect("create database");
-    let result = AssertUnwindSafe(async {
-        let mut cfg = admin_cfg.clone();
-        cfg.dbname(&name);
-        let client = connect(&cfg).await;
-        client
-            .batch_execute(&read("sql/schema.sql"))
-            .await
-            .expect("load sql/schema.sql");
-        client
-            .batch_execute(&read("tests/fixtures/encounter.sql"))
-            .await
-            .expect("load tests/fixtures/encounter.sql");
-        // load_encounters takes a pool connection: its statements are prepared once and cached.
-        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(cfg, NoTls))
-            .max_size(1)
-            .build()
-            .expect("build pool");
-        body(pool.get().await.expect("pool connection")).await;
-    })
-    .catch_unwind()
-    .await;
-    let dropped = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    dropped.expect("drop database");
 }
 
 fn fight(n: u32) -> Uuid {
@@ -143,7 +76,7 @@ fn find(rendered: &[Rendered], id: Uuid) -> &Rendered {
 
 #[tokio::test]
 async fn encounter_golden() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/encounter.sql", |client| async move {
         let cfg = config();
         // Two active fights, an ended one, one not started, a missing id and a duplicate.
         let ids = [
@@ -198,7 +131,7 @@ async fn encounter_golden() {
 
 #[tokio::test]
 async fn inactive_missing_and_no_fights_give_nothing() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/encounter.sql", |client| async move {
         let cfg = config();
         for ids in [
             vec![],
@@ -241,7 +174,7 @@ async fn inactive_missing_and_no_fights_give_nothing() {
 /// NULL action_values, a `driving_id` that names a shot without a vehicle.
 #[tokio::test]
 async fn odd_combatants_render() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/encounter.sql", |client| async move {
         client
             .batch_execute(&format!(
                 "UPDATE characters SET action_values = '{{\"Type\": \"PC\", \"Speed\": \"2147483648\"}}' \
@@ -322,7 +255,7 @@ async fn odd_combatants_render() {
 /// pipelined with the queries, on a connection whose statements are cached.
 #[tokio::test]
 async fn encounter_of_40_combatants() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/encounter.sql", |client| async move {
         client
             .batch_execute(
                 "INSERT INTO fights (id, name, created_at, updated_at, campaign_id, started_at) VALUES \

@@ -7,88 +7,17 @@
 //! The server is `postgres://postgres@127.0.0.1:5432/postgres` unless
 //! `PGCABLE_TEST_ADMIN_URL` says otherwise.
 
+mod render_db;
+
+use render_db::read;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use futures_util::FutureExt as _;
 use pgcable::render::{self, RenderConfig, Rendered, Table};
-use tokio_postgres::{Client, Config, NoTls};
 use uuid::Uuid;
 
 const ENDPOINT: &str = "https://ik.imagekit.io/demo/chi-war-test/";
 const CAMPAIGN: Uuid = Uuid::from_u128(0xca000000_0000_0000_0000_000000000001);
-
-fn manifest_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn read(rel: &str) -> String {
-    let path = manifest_path(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
-
-fn admin_config() -> Config {
-    let url = std::env::var("PGCABLE_TEST_ADMIN_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    url.parse().expect("PGCABLE_TEST_ADMIN_URL")
-}
-
-async fn connect(config: &Config) -> Client {
-    let (client, connection) = config.connect(NoTls).await.expect("connect to Postgres");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-/// Runs `body` against a fresh database holding the schema and the fixture,
-/// then drops the database (also if `body` panics).
-async fn with_db<F, Fut>(body: F)
-where
-    F: FnOnce(deadpool_postgres::Client) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let admin_cfg = admin_config();
-    let admin = connect(&admin_cfg).await;
-    let name = format!("pgcable_render_{}", Uuid::new_v4().simple());
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"
-        ))
-        .await
-        .expect("create database");
-    let result = AssertUnwindSafe(async {
-        let mut cfg = admin_cfg.clone();
-        cfg.dbname(&name);
-        let client = connect(&cfg).await;
-        client
-            .batch_execute(&read("sql/schema.sql"))
-            .await
-            .expect("load sql/schema.sql");
-        client
-            .batch_execute(&read("tests/fixtures/golden.sql"))
-            .await
-            .expect("load tests/fixtures/golden.sql");
-        // render::load takes a pool connection: its statements are prepared once and cached.
-        let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(cfg, NoTls))
-            .max_size(1)
-            .build()
-            .expect("build pool");
-        body(pool.get().await.expect("pool connection")).await;
-    })
-    .catch_unwind()
-    .await;
-    let dropped = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-    dropped.expect("drop database");
-}
 
 /// The fixture's ids: an 8-hex-digit prefix and a decimal row number.
 fn id(prefix: &str, n: u32) -> Uuid {
@@ -194,7 +123,7 @@ fn without_endpoint(text: &str) -> String {
 
 #[tokio::test]
 async fn golden_payloads() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/golden.sql", |client| async move {
         let cfg = config(Some(ENDPOINT));
 
         // Characters: one batch, with a duplicate id and an id that does not exist.
@@ -264,7 +193,7 @@ async fn golden_payloads() {
 
 #[tokio::test]
 async fn without_endpoint_only_metadata_urls_remain() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/golden.sql", |client| async move {
         let cfg = config(None);
         let ids: Vec<Uuid> = (1..=11).map(character).collect();
         let (rendered, failed) = render::load(&client, Table::Characters, &ids, &cfg)
@@ -299,7 +228,7 @@ async fn without_endpoint_only_metadata_urls_remain() {
 
 #[tokio::test]
 async fn gone_rows_and_empty_batches() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/golden.sql", |client| async move {
         let cfg = config(Some(ENDPOINT));
         for table in [Table::Characters, Table::Vehicles, Table::Fights] {
             let (rendered, failed) = render::load(&client, table, &[], &cfg)
@@ -317,7 +246,7 @@ async fn gone_rows_and_empty_batches() {
 
 #[tokio::test]
 async fn unrenderable_rows_are_reported_with_their_campaign() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/golden.sql", |client| async move {
         // A column whose type no longer decodes makes every row fail to render.
         client
             .batch_execute("ALTER TABLE characters ALTER COLUMN impairments TYPE bigint")
@@ -340,7 +269,7 @@ async fn unrenderable_rows_are_reported_with_their_campaign() {
 
 #[tokio::test]
 async fn batch_of_1000_characters() {
-    with_db(|client| async move {
+    render_db::with_db("tests/fixtures/golden.sql", |client| async move {
         client
             .batch_execute(
                 "INSERT INTO characters (id, name, created_at, updated_at, action_values, campaign_id, \
