@@ -9,11 +9,11 @@
 
 mod render_db;
 
-use render_db::read;
+use render_db::{assert_same, find, read};
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use pgcable::render::{self, RenderConfig, Rendered, Table};
+use pgcable::render::{self, RenderConfig, Table};
 use uuid::Uuid;
 
 const ENDPOINT: &str = "https://ik.imagekit.io/demo/chi-war-test/";
@@ -42,39 +42,6 @@ fn config(endpoint: Option<&str>) -> RenderConfig {
     RenderConfig {
         imagekit_endpoint: endpoint.map(str::to_owned),
     }
-}
-
-/// Asserts byte equality, reporting the first difference with some context.
-fn assert_same(label: &str, actual: &str, expected: &str) {
-    if actual == expected {
-        return;
-    }
-    let a = actual.as_bytes();
-    let e = expected.as_bytes();
-    let at = a
-        .iter()
-        .zip(e)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(e.len()));
-    let window = |s: &[u8]| {
-        let from = at.saturating_sub(80);
-        let to = (at + 80).min(s.len());
-        String::from_utf8_lossy(&s[from..to]).into_owned()
-    };
-    panic!(
-        "{label}: payload differs at byte {at} (actual {} bytes, expected {} bytes)\n  actual:   …{}…\n  expected: …{}…",
-        a.len(),
-        e.len(),
-        window(a),
-        window(e)
-    );
-}
-
-fn find(rendered: &[Rendered], id: Uuid) -> &Rendered {
-    rendered
-        .iter()
-        .find(|r| r.id == id)
-        .unwrap_or_else(|| panic!("{id} not rendered"))
 }
 
 /// The big character's action_values, built from what the fixture inserts:

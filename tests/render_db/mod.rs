@@ -9,6 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 
 use futures_util::FutureExt as _;
+use pgcable::render::Rendered;
 use tokio_postgres::{Client, Config, NoTls};
 use uuid::Uuid;
 
@@ -75,4 +76,38 @@ where
         std::panic::resume_unwind(panic);
     }
     dropped.expect("drop database");
+}
+
+/// Asserts byte equality, reporting the first difference with some context.
+pub fn assert_same(label: &str, actual: &str, expected: &str) {
+    if actual == expected {
+        return;
+    }
+    let a = actual.as_bytes();
+    let e = expected.as_bytes();
+    let at = a
+        .iter()
+        .zip(e)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(e.len()));
+    let window = |s: &[u8]| {
+        let from = at.saturating_sub(120);
+        let to = (at + 120).min(s.len());
+        String::from_utf8_lossy(&s[from..to]).into_owned()
+    };
+    panic!(
+        "{label}: payload differs at byte {at} (actual {} bytes, expected {} bytes)\n  actual:   …{}…\n  expected: …{}…",
+        a.len(),
+        e.len(),
+        window(a),
+        window(e)
+    );
+}
+
+/// The rendered row with this id.
+pub fn find(rendered: &[Rendered], id: Uuid) -> &Rendered {
+    rendered
+        .iter()
+        .find(|r| r.id == id)
+        .unwrap_or_else(|| panic!("{id} not rendered"))
 }
