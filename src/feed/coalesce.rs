@@ -179,8 +179,8 @@ fn fold(work: &mut Work, change: &RowChange) {
     work.fight_ended |= change.ended;
 }
 
-/// Re-reads a batch and sends, per campaign, each payload and then one reload; then hands the
-/// fights the batch touched to the encounter queue.
+/// Re-reads a batch and sends, per campaign, each payload and then one reload; then finds the
+/// fights the batch touched and hands them to the encounter queue.
 ///
 /// A row is re-read only if its campaign as last notified has subscribers now: its payload
 /// goes nowhere else. If the row has moved since, the move has a notification of its own,
@@ -230,11 +230,10 @@ async fn process(
         .map(|(id, _)| *id)
         .collect();
     let mut loaded = Loaded::default();
-    if !wanted.is_empty() || !combatants.is_empty() {
+    if !wanted.is_empty() {
         let read = Read::Rows {
             table,
             render: &wanted,
-            combatants: &combatants,
         };
         match reread(state, read).await {
             Ok(found) => loaded = found,
@@ -244,9 +243,7 @@ async fn process(
                 tracing::warn!(table = table.plural(), rows = wanted.len(), error = %e, "re-read failed; sending reloads only");
             }
         }
-        if !wanted.is_empty() {
-            state.metrics.reread(started.elapsed());
-        }
+        state.metrics.reread(started.elapsed());
     }
     let mut rendered = loaded.rows;
 
@@ -318,7 +315,14 @@ async fn process(
             .map(|(id, _)| *id)
             .collect()
     } else {
-        loaded.fights
+        // Off the latency path: asked after this batch's messages went out.
+        match active_fights_of(state, table, &combatants).await {
+            Ok(fights) => fights,
+            Err(e) => {
+                tracing::warn!(table = table.plural(), error = %e, "cannot find the fights these rows are in; their encounters wait for the next change");
+                Vec::new()
+            }
+        }
     };
     encounters.push(&fights, mark, since);
 }
@@ -346,13 +350,8 @@ fn fight_ended(state: &State, id: Uuid, rendered: Option<&(Option<Uuid>, Option<
 /// What one snapshot read is for.
 #[derive(Clone, Copy)]
 pub(super) enum Read<'a> {
-    /// Re-read and render rows of `table`, and find the active fights `combatants` (characters
-    /// or vehicles of that table) are in.
-    Rows {
-        table: Table,
-        render: &'a [Uuid],
-        combatants: &'a [Uuid],
-    },
+    /// Re-read and render rows of `table`.
+    Rows { table: Table, render: &'a [Uuid] },
     /// Render the encounters of these fights (inactive ones are left out).
     Encounters(&'a [Uuid]),
 }
@@ -362,8 +361,6 @@ pub(super) enum Read<'a> {
 pub(super) struct Loaded {
     /// Row (or fight) id → (its campaign now, its payload if it rendered).
     pub(super) rows: HashMap<Uuid, (Option<Uuid>, Option<String>)>,
-    /// Active fights the combatants are in.
-    pub(super) fights: Vec<Uuid>,
 }
 
 /// Reads in one snapshot, pipelined: one round trip once the statements are cached.
@@ -378,7 +375,7 @@ pub(super) async fn reread(state: &State, read: Read<'_>) -> Result<Loaded, Stri
         client.statement_cache.clear();
         loaded = snapshot_load(state, &client, read).await;
     }
-    let ((ok, failed), fights) = match loaded {
+    let (ok, failed) = match loaded {
         Ok(rows) => rows,
         Err(Failure::Query(e)) => return Err(crate::db::error_text(&e)),
         Err(Failure::End(e)) => {
@@ -401,7 +398,7 @@ pub(super) async fn reread(state: &State, read: Read<'_>) -> Result<Loaded, Stri
     for (id, campaign) in failed {
         rows.insert(id, (campaign, None));
     }
-    Ok(Loaded { rows, fights })
+    Ok(Loaded { rows })
 }
 
 /// Why [`snapshot_load`] failed.
@@ -422,25 +419,20 @@ async fn snapshot_load(
     state: &State,
     client: &deadpool_postgres::ClientWrapper,
     read: Read<'_>,
-) -> Result<(Rendering, Vec<Uuid>), Failure> {
+) -> Result<Rendering, Failure> {
     let began = client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
     let result = match read {
-        Read::Rows {
-            table,
-            render: ids,
-            combatants,
-        } => {
-            let (began, rows, fights) = tokio::join!(
+        Read::Rows { table, render: ids } => {
+            let (began, rows) = tokio::join!(
                 began,
-                render::load(client, render_table(table), ids, &state.render),
-                encounter::active_fights_of(client, table, combatants),
+                render::load(client, render_table(table), ids, &state.render)
             );
-            began.and_then(|()| render::both(rows, fights))
+            began.and(rows)
         }
         Read::Encounters(ids) => {
             let (began, rows) =
                 tokio::join!(began, render::load_encounters(client, ids, &state.render));
-            began.and(rows).map(|r| (r, Vec::new()))
+            began.and(rows)
         }
     };
     // Rows read outside the snapshot (BEGIN failed) are not used either.
@@ -459,4 +451,15 @@ fn render_table(table: Table) -> render::Table {
         Table::Vehicles => render::Table::Vehicles,
         Table::Fights => render::Table::Fights,
     }
+}
+
+/// The active fights these characters or vehicles have a shot in (none for fights).
+async fn active_fights_of(state: &State, table: Table, ids: &[Uuid]) -> Result<Vec<Uuid>, String> {
+    if ids.is_empty() || table == Table::Fights {
+        return Ok(Vec::new());
+    }
+    let client = state.pool.get().await.map_err(|e| e.to_string())?;
+    encounter::active_fights_of(&client, table, ids)
+        .await
+        .map_err(|e| crate::db::error_text(&e))
 }
